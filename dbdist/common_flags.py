@@ -1,0 +1,21 @@
+"""absl flags shared by the dbdist commands (importing this module defines them)."""
+
+from absl import flags
+
+from dbdist.config import MODEL_PRESETS, model_config, with_resolution
+
+MODEL = flags.DEFINE_enum("model", "tiny", sorted(MODEL_PRESETS), "Model preset: tiny (64 px, random weights, CPU), sd-v1 (SD 1.4/1.5), sd-v2 (SD 2.1).")
+WEIGHTS = flags.DEFINE_string(
+    "weights",
+    "",
+    "Directory (local or gs://) with keras-cv layout .h5 files (unet.h5 / kcv_diffusion_model.h5, "
+    "text_encoder.h5 / kcv_encoder.h5, vae_encoder.h5, vae_decoder.h5 / kcv_decoder.h5). Empty: keras-cv's "
+    "published files for sd-v1/sd-v2 (downloaded once, hash-checked); random weights from --seed for tiny.",
+)
+RESOLUTION = flags.DEFINE_integer("resolution", None, "Training image size in pixels (multiple of 8); default: the preset's.")
+SEED = flags.DEFINE_integer("seed", 0, "Random seed: tiny's random weights, data order and training noise.")
+
+
+def selected_model_config(resolution=None):
+    """The --model preset at --resolution (or the `resolution` given, e.g. from a manifest)."""
+    return with_resolution(model_config(MODEL.value), resolution or RESOLUTION.value)

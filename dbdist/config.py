@@ -1,0 +1,251 @@
+"""Every setting of dbdist, as frozen dataclasses with named presets.
+
+Sections: model (UNet, VAE, text encoder, noise schedule), data, optim, train,
+runtime. A preset fixes the model section (`tiny`, `sd-v1`, `sd-v2`); absl
+flags override the rest (see `dbdist/flags.py`). The final config is validated
+here and written to the output directory as `config.json`.
+
+Override order (lowest to highest): dataclass defaults -> model preset ->
+command-line flags.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """Shapes of the denoising UNet (keras-cv's `DiffusionModel` layout)."""
+
+    # Output channels of each resolution level, highest resolution first.
+    block_channels: tuple = (320, 640, 1280, 1280)
+    # Whether each level has a spatial transformer after each ResBlock.
+    block_attention: tuple = (True, True, True, False)
+    # Attention heads at each level (head size = channels // heads).
+    attention_heads: tuple = (8, 8, 8, 8)
+    # ResBlocks per level on the way down (the way up has one more).
+    layers_per_block: int = 2
+    # Width of the text embedding the cross-attention reads.
+    context_dim: int = 768
+    # SD 2.x projects in and out of the transformer with Dense, SD 1.x with 1x1 conv.
+    linear_projection: bool = False
+    # Groups of every GroupNormalization.
+    norm_groups: int = 32
+    latent_channels: int = 4
+
+    @property
+    def time_embedding_dim(self):
+        """Width of the sinusoidal timestep embedding (320 for SD)."""
+        return self.block_channels[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Shapes of the KL autoencoder (keras-cv's `ImageEncoder`/`Decoder`)."""
+
+    block_channels: tuple = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_groups: int = 32
+    # Latents are multiplied by this before the UNet sees them (SD's 0.18215).
+    scaling_factor: float = 0.18215
+
+    @property
+    def downsample_factor(self):
+        return 2 ** (len(self.block_channels) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderConfig:
+    """Shapes of the CLIP text tower (keras-cv's `TextEncoder`/`TextEncoderV2`)."""
+
+    vocab_size: int = 49408
+    max_length: int = 77
+    width: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    # "quick_gelu" for OpenAI CLIP (SD 1.x), "gelu" (tanh form, as keras-cv) for OpenCLIP.
+    activation: str = "quick_gelu"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The DDPM noise schedule Stable Diffusion was trained with."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    # What the UNet predicts. keras-cv's SD 1.x and 2.1 weights predict noise.
+    prediction_type: str = "epsilon"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One model preset: the four networks and the resolution they train at."""
+
+    preset: str
+    resolution: int
+    unet: UNetConfig
+    vae: VAEConfig
+    text_encoder: TextEncoderConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+    # Whether `--weights` can be omitted: published keras-cv files exist.
+    has_published_weights: bool = True
+
+    @property
+    def latent_size(self):
+        return self.resolution // self.vae.downsample_factor
+
+    @property
+    def embedding_shape(self):
+        return (self.text_encoder.max_length, self.text_encoder.width)
+
+
+def _tiny():
+    """64 px, a few small blocks: builds and trains in seconds on a CPU."""
+    return ModelConfig(
+        preset="tiny",
+        resolution=64,
+        unet=UNetConfig(
+            block_channels=(32, 64, 64),
+            block_attention=(True, True, False),
+            attention_heads=(2, 4, 4),
+            layers_per_block=1,
+            context_dim=32,
+            norm_groups=8,
+        ),
+        vae=VAEConfig(block_channels=(16, 32, 32, 32), layers_per_block=1, norm_groups=8),
+        text_encoder=TextEncoderConfig(width=32, num_layers=2, num_heads=2),
+        has_published_weights=False,
+    )
+
+
+def _sd_v1():
+    """Stable Diffusion 1.4/1.5 shapes (keras-cv `StableDiffusion`)."""
+    return ModelConfig(
+        preset="sd-v1",
+        resolution=512,
+        unet=UNetConfig(),
+        vae=VAEConfig(),
+        text_encoder=TextEncoderConfig(),
+    )
+
+
+def _sd_v2():
+    """Stable Diffusion 2.1 shapes (keras-cv `StableDiffusionV2`)."""
+    return ModelConfig(
+        preset="sd-v2",
+        resolution=768,
+        unet=UNetConfig(
+            attention_heads=(5, 10, 20, 20),  # head size 64 everywhere
+            context_dim=1024,
+            linear_projection=True,
+        ),
+        vae=VAEConfig(),
+        text_encoder=TextEncoderConfig(width=1024, num_layers=23, num_heads=16, activation="gelu"),
+    )
+
+
+MODEL_PRESETS = {"tiny": _tiny, "sd-v1": _sd_v1, "sd-v2": _sd_v2}
+
+
+def model_config(preset):
+    """The ModelConfig of a named preset."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"Unknown model preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}.")
+    return MODEL_PRESETS[preset]()
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the records are and how batches are drawn from them."""
+
+    data_dir: str = ""
+    # Records shuffled per epoch with this buffer (DreamBooth sets are small).
+    shuffle_buffer: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW as in the DreamBooth recipe; clipping is by global norm."""
+
+    learning_rate: float = 5e-6
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    weight_decay: float = 1e-2
+    epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What one training run does."""
+
+    output_dir: str = ""
+    max_train_steps: int = 400
+    # Instance examples per step, over all replicas; each is paired with one class example.
+    global_batch_size: int = 1
+    prior_loss_weight: float = 1.0
+    seed: int = 0
+    log_every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How the run is placed on hardware."""
+
+    strategy: str = "one_device"
+    mixed_precision: str = "no"
+    # Directory (local or gs://) with keras-cv .h5 files; "" = published files.
+    weights: str = ""
+    # Initial dynamic loss scale for fp16.
+    initial_loss_scale: float = 2.0**15
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    train: TrainConfig
+    runtime: RuntimeConfig
+
+    def validate(self):
+        """Raises ValueError naming the first bad value."""
+        m, t, r = self.model, self.train, self.runtime
+        if m.resolution % 8 or m.resolution % m.vae.downsample_factor:
+            raise ValueError(f"resolution must be a multiple of {max(8, m.vae.downsample_factor)}, got {m.resolution}")
+        unet_factor = 2 ** (len(m.unet.block_channels) - 1)
+        if m.latent_size % unet_factor:
+            raise ValueError(
+                f"resolution {m.resolution} gives {m.latent_size}x{m.latent_size} latents, "
+                f"which the UNet's {len(m.unet.block_channels)} levels cannot halve {unet_factor}x; "
+                f"use a multiple of {unet_factor * m.vae.downsample_factor}"
+            )
+        if t.max_train_steps < 0:
+            raise ValueError(f"max_train_steps must be >= 0, got {t.max_train_steps}")
+        if t.global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be >= 1, got {t.global_batch_size}")
+        if t.prior_loss_weight < 0:
+            raise ValueError(f"prior_loss_weight must be >= 0, got {t.prior_loss_weight}")
+        if self.optim.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.optim.learning_rate}")
+        if r.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
+        if r.strategy not in ("one_device", "mirrored", "multi_worker", "tpu"):
+            raise ValueError(f"strategy must be one_device, mirrored, multi_worker or tpu, got {r.strategy!r}")
+        return self
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def with_resolution(config: ModelConfig, resolution: Optional[int]):
+    """The preset at another training resolution (None keeps the preset's)."""
+    if not resolution:
+        return config
+    if resolution <= 0 or resolution % 8:
+        raise ValueError(f"resolution must be a positive multiple of 8, got {resolution}")
+    return dataclasses.replace(config, resolution=resolution)

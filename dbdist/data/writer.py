@@ -1,0 +1,101 @@
+"""Everything that writes into a data directory: shards, atomic files, stale cleanup.
+
+A data directory is complete only when `manifest.json` exists, so writers lay files
+down under a temporary name and rename them, remove the outputs of an earlier run
+before writing, and leave the manifest to be written last (by the caller).
+All I/O goes through tf.io.gfile so `gs://` directories work as local ones.
+"""
+
+import os
+import uuid
+
+import tensorflow as tf
+
+# Name of the file that marks a data directory as complete (read by `manifest`).
+MANIFEST_NAME = "manifest.json"
+# Files being written carry this prefix until renamed; stale ones are safe to delete.
+TMP_PREFIX = ".tmp-"
+SHARD_SUFFIX = ".tfrecord"
+
+
+def temp_path(path):
+    """A temporary sibling of `path` (same directory, so the rename stays on one filesystem)."""
+    path = str(path)
+    # The random part keeps two processes writing the same target from clobbering each other.
+    name = f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{os.path.basename(path)}"
+    return os.path.join(os.path.dirname(path), name)
+
+
+def write_bytes_atomically(path, data: bytes):
+    """Writes `data` to `path` so that `path` is either absent, old, or complete."""
+    path = str(path)
+    tmp = temp_path(path)
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
+
+
+def shard_names(kind_name, num_shards):
+    """Base names of the shards of one kind: `instance-00000-of-00002.tfrecord`, ..."""
+    return tuple(f"{kind_name}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}" for i in range(num_shards))
+
+
+def write_shards(output_dir, kind_name, serialized_examples, num_shards):
+    """Writes serialized tf.train.Examples into shards of `output_dir`; returns their base names.
+
+    Examples are split contiguously, so shard 0 holds the first ones. `num_shards` is
+    capped at the number of examples; no examples means no files and `()`.
+    """
+    output_dir = str(output_dir)
+    if not kind_name or "/" in kind_name or kind_name.startswith("."):
+        raise ValueError(f"kind_name must be a plain name such as 'instance', got {kind_name!r}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    examples = list(serialized_examples)
+    if not examples:
+        return ()
+    num_shards = min(num_shards, len(examples))
+    tf.io.gfile.makedirs(output_dir)
+    names = shard_names(kind_name, num_shards)
+    for i, name in enumerate(names):
+        path = os.path.join(output_dir, name)
+        tmp = temp_path(path)
+        start = i * len(examples) // num_shards
+        stop = (i + 1) * len(examples) // num_shards
+        try:
+            with tf.io.TFRecordWriter(tmp) as out:
+                for record in examples[start:stop]:
+                    out.write(record)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+        except BaseException:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+            raise
+    return names
+
+
+def remove_stale_outputs(output_dir):
+    """Deletes the manifest, shards and temp files an earlier run left in `output_dir`.
+
+    Call before writing new shards, so that a rerun that fails halfway never leaves an
+    old manifest beside a mix of old and new shards that would look complete.
+    Other files and sub-directories are left alone.
+    """
+    output_dir = str(output_dir)
+    if not tf.io.gfile.isdir(output_dir):
+        return
+    # The manifest goes first: if a later delete fails, the directory already reads as incomplete.
+    manifest_path = os.path.join(output_dir, MANIFEST_NAME)
+    if tf.io.gfile.exists(manifest_path):
+        tf.io.gfile.remove(manifest_path)
+    for name in tf.io.gfile.listdir(output_dir):
+        name = name.rstrip("/")
+        path = os.path.join(output_dir, name)
+        stale = name.endswith(SHARD_SUFFIX) or name.startswith(TMP_PREFIX)
+        if stale and not tf.io.gfile.isdir(path):
+            tf.io.gfile.remove(path)

@@ -1,0 +1,76 @@
+"""Deterministic DDIM sampling (eta = 0) with classifier-free guidance.
+
+The timesteps are spread over [0, 999] as keras-cv's `StableDiffusion` spreads
+them, so our sampler reproduces keras-cv's images for the same weights and
+starting noise (tests/test_diffusion.py).
+"""
+
+import numpy as np
+from keras import ops
+
+from dbdist.diffusion.schedule import NoiseSchedule, timestep_embedding
+
+
+def sampling_timesteps(num_steps, num_train_timesteps=1000):
+    """Descending timesteps: round(linspace(0, T-1, num_steps)), as keras-cv."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if num_steps == 1:
+        return np.array([num_train_timesteps - 1])
+    ratio = (num_train_timesteps - 1) / (num_steps - 1)
+    return (np.arange(num_steps) * ratio).round().astype(np.int64)[::-1]
+
+
+def initial_noise(seed, num_images, latent_size, latent_channels=4, first_index=0):
+    """Starting latents; image i depends only on (seed, i), not on the batch it is drawn in."""
+    shape = (latent_size, latent_size, latent_channels)
+    return np.stack(
+        [np.random.default_rng([seed, first_index + i]).standard_normal(shape) for i in range(num_images)]
+    ).astype("float32")
+
+
+def ddim_sample(
+    predict,
+    noise,
+    context,
+    unconditional_context,
+    schedule: NoiseSchedule,
+    num_steps=50,
+    guidance_scale=7.5,
+    time_embedding_dim=320,
+    on_step=None,
+):
+    """Denoises `noise` (B, h, w, 4) into latents guided by `context` (B, L, D).
+
+    `predict(latents, t_emb, context)` is the UNet (possibly compiled). The
+    conditional and unconditional passes run as one batch of 2B.
+    `on_step(i, n)` is called after each step (progress display).
+    """
+    latents = ops.convert_to_tensor(noise)
+    batch = ops.shape(latents)[0]
+    both_contexts = ops.concatenate([unconditional_context, context], axis=0)
+    alphas = schedule.alphas_cumprod
+    timesteps = sampling_timesteps(num_steps, schedule.num_train_timesteps)
+    for i, t in enumerate(timesteps):
+        t_emb = timestep_embedding(ops.full((2 * batch,), int(t)), time_embedding_dim)
+        output = predict(ops.concatenate([latents, latents], axis=0), t_emb, both_contexts)
+        uncond, cond = output[:batch], output[batch:]
+        output = uncond + guidance_scale * (cond - uncond)
+        a_t = float(alphas[t])
+        a_prev = float(alphas[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        if schedule.config.prediction_type == "v_prediction":
+            pred_x0 = a_t**0.5 * latents - (1 - a_t) ** 0.5 * output
+            eps = a_t**0.5 * output + (1 - a_t) ** 0.5 * latents
+        else:
+            eps = output
+            pred_x0 = (latents - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        latents = a_prev**0.5 * pred_x0 + (1 - a_prev) ** 0.5 * eps
+        if on_step:
+            on_step(i + 1, len(timesteps))
+    return latents
+
+
+def pixels_to_uint8(pixels):
+    """Decoder output in [-1, 1] -> uint8 images, as keras-cv converts them."""
+    pixels = np.asarray(ops.convert_to_numpy(pixels), dtype=np.float32)
+    return np.clip((pixels + 1.0) / 2.0 * 255.0, 0, 255).astype(np.uint8)

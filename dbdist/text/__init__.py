@@ -1,0 +1,1 @@
+"""Text side of dbdist: the CLIP byte-level BPE tokenizer for prompts."""

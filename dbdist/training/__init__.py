@@ -1,0 +1,1 @@
+"""The TensorFlow training engine: per-replica maths, optimizer, loop."""

@@ -1,0 +1,44 @@
+"""Feeds each replica its share of every global batch through `distribute_datasets_from_function`."""
+
+import tensorflow as tf
+
+from dbdist.data.reader import make_train_dataset
+
+
+def per_replica_batch_size(global_batch, num_replicas):
+    if global_batch % num_replicas:
+        raise ValueError(
+            f"global_batch_size {global_batch} is not divisible by the {num_replicas} replicas; "
+            f"use a multiple of {num_replicas}"
+        )
+    return global_batch // num_replicas
+
+
+def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, start_step=0):
+    """A distributed dataset whose replica r gets global-batch positions [r*B, (r+1)*B) each step."""
+    replicas = strategy.num_replicas_in_sync
+    batch = per_replica_batch_size(global_batch, replicas)
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        # One input pipeline per worker serves that worker's replicas in turn, so it
+        # interleaves their datasets: element k goes to local replica k % local.
+        local = replicas // context.num_input_pipelines
+        first = context.input_pipeline_id * local
+        datasets = [
+            make_train_dataset(
+                data_dir,
+                manifest,
+                per_replica_batch=batch,
+                seed=seed,
+                global_batch=global_batch,
+                replica_id=first + j,
+                start_step=start_step,
+            )
+            for j in range(local)
+        ]
+        if local == 1:
+            return datasets[0].prefetch(2)
+        order = tf.data.Dataset.range(local).repeat()
+        return tf.data.Dataset.choose_from_datasets(datasets, order).prefetch(2 * local)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

@@ -1,0 +1,68 @@
+"""The DreamBooth loss on one replica's share of the global batch.
+
+loss = mean instance MSE + prior_loss_weight * mean class (prior) MSE, where
+each mean is over the GLOBAL batch: per-example losses are summed on the
+replica and divided by the global batch size, so that summing gradients over
+replicas gives exactly the one-device gradient.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+from keras import ops
+
+from dbdist.data import features
+from dbdist.diffusion import NoiseSchedule, sample_latents, timestep_embedding
+from dbdist.training import example_noise
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    global_batch_size: int
+    prior_loss_weight: float
+    scaling_factor: float
+    time_embedding_dim: int
+    seed: int
+
+
+def _per_example_mse(prediction, target):
+    # In fp32 whatever the compute dtype: bf16/fp16 squares lose too much.
+    error = ops.cast(prediction, "float32") - ops.cast(target, "float32")
+    return ops.mean(ops.square(error), axis=(1, 2, 3))
+
+
+def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, step, settings: LossSettings):
+    """(loss, {"instance_loss", "prior_loss"}) for this replica, each already / global batch.
+
+    `batch` holds this replica's instance (and, with prior preservation, class)
+    examples; instance i is paired with class i. Summed over replicas, the
+    three values are the global-batch means. Instance and class examples go
+    through the VAE and the UNet as one batch.
+    """
+    positions = batch[features.EXAMPLE_POSITION]
+    streams = [(features.INSTANCE_PIXELS, features.INSTANCE_EMBEDDING, example_noise.INSTANCE_STREAM)]
+    if features.CLASS_PIXELS in batch:
+        streams.append((features.CLASS_PIXELS, features.CLASS_EMBEDDING, example_noise.CLASS_STREAM))
+    pixels = ops.concatenate([batch[p] for p, _, _ in streams], axis=0)
+    context = ops.concatenate([batch[e] for _, e, _ in streams], axis=0)
+
+    mean, log_variance = vae_encoder(pixels, training=False)
+    mean, log_variance = ops.cast(mean, "float32"), ops.cast(log_variance, "float32")
+    latent_shape = mean.shape[1:]
+
+    def draw(fn, *args):
+        return ops.concatenate([fn(settings.seed, step, positions, s, *args) for _, _, s in streams], axis=0)
+
+    vae_noise = draw(example_noise.vae_noise, latent_shape)
+    latents = ops.stop_gradient(sample_latents(mean, log_variance, vae_noise, settings.scaling_factor))
+    noise = draw(example_noise.diffusion_noise, latent_shape)
+    t = draw(example_noise.timesteps, schedule.num_train_timesteps)
+    noisy = schedule.add_noise(latents, noise, t)
+    prediction = unet([noisy, timestep_embedding(t, settings.time_embedding_dim), context], training=True)
+    errors = _per_example_mse(prediction, schedule.training_target(latents, noise, t))
+
+    batch_size = ops.shape(positions)[0]
+    instance_loss = ops.sum(errors[:batch_size]) / settings.global_batch_size
+    prior_loss = ops.sum(errors[batch_size:]) / settings.global_batch_size if len(streams) > 1 else tf.zeros([])
+    loss = instance_loss + settings.prior_loss_weight * prior_loss
+    return loss, {"instance_loss": instance_loss, "prior_loss": prior_loss}

@@ -1,0 +1,1 @@
+"""Weight files: keras-cv .h5 layout, published sources."""

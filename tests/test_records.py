@@ -1,0 +1,316 @@
+"""dbdist.data features/writer/manifest/reader: the TFRecord layer end to end, on tiny fake data."""
+
+import dataclasses
+import functools
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dbdist.data import features, manifest as manifest_lib, reader, writer
+
+RES = 8
+EMB = (77, 4)
+NUM_INSTANCE, NUM_CLASS = 3, 5
+
+
+def _example(kind, index, seed=0):
+    """A fake record whose token_ids[0] = 1000 * kind + index identifies it in batches."""
+    rng = np.random.default_rng([seed, kind, index])
+    ids = rng.integers(0, 49408, EMB[0])
+    ids[0] = 1000 * kind + index
+    return dict(image=rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8),
+                prompt=f"a photo of {features.KIND_NAMES[kind]} {index} ünïcode",
+                token_ids=ids, embedding=rng.standard_normal(EMB).astype(np.float32),
+                kind=kind, index=index, source=f"{features.KIND_NAMES[kind]}-{index}.png")
+
+
+def _make_data_dir(path, num_instance=NUM_INSTANCE, num_class=NUM_CLASS, num_shards=2):
+    shards = {}
+    for kind, count in ((features.KIND_INSTANCE, num_instance), (features.KIND_CLASS, num_class)):
+        name = features.KIND_NAMES[kind]
+        records = [features.serialize_example(**_example(kind, i)) for i in range(count)]
+        shards[name] = writer.write_shards(path, name, records, num_shards)
+    m = manifest_lib.Manifest(
+        preset="tiny", resolution=RES, embedding_shape=EMB, max_length=EMB[0],
+        num_instance=num_instance, num_class=num_class, instance_prompt="a photo of sks ball",
+        class_prompt="a photo of a ball" if num_class else "", instance_shards=shards["instance"],
+        class_shards=shards["class"], created_by="dbdist test")
+    manifest_lib.write_manifest(path, m)
+    return str(path), m
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return _make_data_dir(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def instance_only_dir(tmp_path_factory):
+    return _make_data_dir(tmp_path_factory.mktemp("inst"), num_class=0, num_shards=1)
+
+
+# --- features ---------------------------------------------------------------------------
+
+def test_round_trip_exact_eager_and_in_tf_data():
+    ex = _example(features.KIND_CLASS, 4)
+    record = features.serialize_example(**ex)
+    decoded = features.decode_example(record, resolution=RES, embedding_shape=EMB)
+    np.testing.assert_array_equal(decoded["image"].numpy(), ex["image"])  # PNG is lossless
+    assert decoded["prompt"].numpy().decode() == ex["prompt"]
+    assert decoded["source"].numpy().decode() == ex["source"]
+    parse = lambda x: features.parse_example(x, resolution=RES, embedding_shape=EMB)
+    for parsed in (parse(record), next(iter(tf.data.Dataset.from_tensors(record).map(parse)))):
+        assert parsed["pixels"].shape == (RES, RES, 3) and parsed["pixels"].dtype == tf.float32
+        # Only float rounding separates pixels from image / 127.5 - 1.
+        np.testing.assert_allclose(parsed["pixels"].numpy(), ex["image"] / 127.5 - 1.0, atol=1e-6)
+        np.testing.assert_array_equal(parsed["embedding"].numpy(), ex["embedding"])
+        np.testing.assert_array_equal(parsed["token_ids"].numpy(), ex["token_ids"])
+        assert parsed["token_ids"].dtype == tf.int32
+        assert (int(parsed["kind"]), int(parsed["index"]), int(parsed["concept"])) == (1, 4, 0)
+
+
+def test_parse_static_shapes_in_tf_data():
+    ds = tf.data.Dataset.from_tensors(features.serialize_example(**_example(0, 0))).map(
+        lambda x: features.parse_example(x, resolution=RES, embedding_shape=EMB))
+    spec = ds.element_spec
+    assert spec["pixels"].shape == (RES, RES, 3)
+    assert spec["embedding"].shape == EMB and spec["token_ids"].shape == (EMB[0],)
+    assert spec["kind"].shape == () and spec["kind"].dtype == tf.int32
+
+
+def test_parse_wrong_resolution_or_width_fails():
+    record = features.serialize_example(**_example(0, 0))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[8,8,3\].*\[16,16,3\]"):
+        features.parse_example(record, resolution=16, embedding_shape=EMB)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        features.parse_example(record, resolution=RES, embedding_shape=(77, 8))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(image=np.zeros((4, 4, 3), np.float32)), r"image must be uint8 \(H, W, 3\), got float32"),
+    (dict(image=np.zeros((4, 4), np.uint8)), r"image must be uint8 \(H, W, 3\), got uint8 \(4, 4\)"),
+    (dict(embedding=np.zeros(EMB, np.float64)), "embedding must be float32.*float64"),
+    (dict(embedding=np.zeros((1,) + EMB, np.float32)), r"embedding must be float32.*\(1, 77, 4\)"),
+    (dict(token_ids=np.zeros(76, np.int64)), r"token_ids .*\(77,\).*\(76,\)"),
+    (dict(kind=2), "kind must be 0 .* got 2"),
+])
+def test_serialize_rejects_bad_inputs(change, message):
+    with pytest.raises(ValueError, match=message):
+        features.serialize_example(**{**_example(0, 0), **change})
+
+
+# --- writer -----------------------------------------------------------------------------
+
+def test_write_shards_names_split_and_temp_then_rename(tmp_path, monkeypatch):
+    renames = []
+    real_rename = tf.io.gfile.rename
+    monkeypatch.setattr(tf.io.gfile, "rename",
+                        lambda src, dst, overwrite=False: (renames.append((src, dst)),
+                                                           real_rename(src, dst, overwrite))[1])
+    records = [bytes([i]) * 3 for i in range(7)]
+    names = writer.write_shards(tmp_path, "class", records, num_shards=3)
+    assert names == tuple(f"class-{i:05d}-of-00003.tfrecord" for i in range(3))
+    # Every shard was written under a .tmp- name in the same directory and then renamed.
+    assert [os.path.basename(d) for _, d in renames] == list(names)
+    for src, dst in renames:
+        assert os.path.basename(src).startswith(writer.TMP_PREFIX)
+        assert os.path.dirname(src) == os.path.dirname(dst)
+    assert sorted(os.listdir(tmp_path)) == list(names)
+    read = [list(tf.data.TFRecordDataset(str(tmp_path / n)).as_numpy_iterator()) for n in names]
+    assert sum(read, []) == records  # contiguous split keeps the order
+    assert [len(r) for r in read] == [2, 2, 3]
+
+
+def test_write_shards_caps_and_rejects(tmp_path):
+    assert writer.write_shards(tmp_path, "instance", [b"a", b"b"], 10) == (
+        "instance-00000-of-00002.tfrecord", "instance-00001-of-00002.tfrecord")
+    assert writer.write_shards(tmp_path / "empty", "class", [], 4) == ()
+    with pytest.raises(ValueError, match="num_shards must be >= 1, got 0"):
+        writer.write_shards(tmp_path, "instance", [b"a"], 0)
+    with pytest.raises(ValueError, match="kind_name"):
+        writer.write_shards(tmp_path, "../x", [b"a"], 1)
+
+
+def test_remove_stale_outputs(tmp_path):
+    for name in ("instance-00000-of-00001.tfrecord", ".tmp-1234-class-00000-of-00001.tfrecord",
+                 "manifest.json", "notes.txt"):
+        (tmp_path / name).write_bytes(b"old")
+    (tmp_path / "keep.tfrecord.d").mkdir()
+    writer.remove_stale_outputs(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["keep.tfrecord.d", "notes.txt"]
+    writer.remove_stale_outputs(tmp_path / "does-not-exist")  # nothing to clean is fine
+
+
+# --- manifest ---------------------------------------------------------------------------
+
+def test_manifest_round_trip(data_dir):
+    path, m = data_dir
+    assert manifest_lib.read_manifest(path) == m
+    assert m.embedding_shape == EMB and m.instance_shards == (
+        "instance-00000-of-00002.tfrecord", "instance-00001-of-00002.tfrecord")
+    assert not [n for n in os.listdir(path) if n.startswith(writer.TMP_PREFIX)]
+
+
+def _rewrite(tmp_path, edit):
+    path, m = _make_data_dir(tmp_path, num_instance=1, num_class=0, num_shards=1)
+    fields = json.loads((tmp_path / "manifest.json").read_text())
+    text = edit(fields)
+    (tmp_path / "manifest.json").write_text(text if isinstance(text, str) else json.dumps(fields))
+    return path
+
+
+def test_manifest_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path} has no manifest.json; run python -m "
+                                                 r"dbdist.make_tfrecords first"):
+        manifest_lib.read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("edit, error, message", [
+    (lambda f: "{not json", ValueError, r"manifest.json: invalid JSON"),
+    (lambda f: [f.pop("resolution"), f.pop("created_by")], ValueError,
+     r"missing fields created_by, resolution"),
+    (lambda f: f.update(format_version=2), ValueError, r"format_version 2 is not supported.*version 1"),
+    (lambda f: f.update(instance_shards=["instance-9.tfrecord"]), FileNotFoundError,
+     r"shards that do not exist .*: instance-9.tfrecord"),
+    (lambda f: f.update(embedding_shape=[77, 4, 1]), ValueError, r"embedding_shape must be"),
+    (lambda f: f.update(colour="red"), ValueError, r"unknown fields colour"),
+])
+def test_manifest_errors(tmp_path, edit, error, message):
+    path = _rewrite(tmp_path, edit)
+    with pytest.raises(error, match=message):
+        manifest_lib.read_manifest(path)
+
+
+def test_check_compatible_says_what_differs(data_dir):
+    _, m = data_dir
+    manifest_lib.check_compatible(m, preset="tiny", resolution=RES, embedding_shape=EMB)
+    expected = ("data_dir gs://b/d was made for preset 'tiny' at 8 px with embeddings (77, 4); "
+                "the model is 'sd-v1' at 512 px with (77, 768)")
+    with pytest.raises(ValueError) as err:
+        manifest_lib.check_compatible(m, preset="sd-v1", resolution=512, embedding_shape=(77, 768),
+                                      data_dir="gs://b/d")
+    assert str(err.value) == expected
+    with pytest.raises(ValueError, match="preset 'tiny'.*'sd-v2'"):
+        manifest_lib.check_compatible(m, preset="sd-v2", resolution=RES, embedding_shape=EMB)
+
+
+# --- reader -----------------------------------------------------------------------------
+
+def _batches(data, steps, **kwargs):
+    """The first `steps` batches as numpy; memoised, since building a dataset costs ~0.3 s."""
+    kwargs.setdefault("seed", 7)
+    kwargs.setdefault("per_replica_batch", 2)
+    return _cached_batches(data, steps, tuple(sorted(kwargs.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_batches(data, steps, kwargs):
+    path, m = data
+    ds = reader.make_train_dataset(path, m, **dict(kwargs))
+    return [{k: v.numpy() for k, v in b.items()} for b in ds.take(steps)]
+
+
+def _ids(batches, key=features.INSTANCE_TOKEN_IDS):
+    return np.concatenate([b[key][:, 0] for b in batches]).tolist()
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_read_all_examples_ordered_and_exact(data_dir):
+    path, m = data_dir
+    got = reader.read_all_examples(path, m, "class")
+    assert got["image"].shape == (NUM_CLASS, RES, RES, 3) and got["image"].dtype == np.uint8
+    for i in range(NUM_CLASS):
+        ex = _example(features.KIND_CLASS, i)
+        np.testing.assert_array_equal(got["image"][i], ex["image"])
+        np.testing.assert_array_equal(got["embedding"][i], ex["embedding"])
+        assert got["prompt"][i] == ex["prompt"] and got["source"][i] == ex["source"]
+    assert got["index"].tolist() == list(range(NUM_CLASS))
+    assert reader.read_all_examples(path, m, features.KIND_INSTANCE)["kind"].tolist() == [0] * NUM_INSTANCE
+
+
+def test_batch_keys_shapes_and_pairing(data_dir):
+    (batch,) = _batches(data_dir, 1, per_replica_batch=4)
+    assert set(batch) == {features.INSTANCE_PIXELS, features.INSTANCE_EMBEDDING,
+                          features.INSTANCE_TOKEN_IDS, features.CLASS_PIXELS, features.CLASS_EMBEDDING,
+                          features.CLASS_TOKEN_IDS, features.EXAMPLE_POSITION}
+    assert batch[features.INSTANCE_PIXELS].shape == (4, RES, RES, 3)
+    assert batch[features.CLASS_EMBEDDING].shape == (4,) + EMB
+    assert batch[features.EXAMPLE_POSITION].dtype == np.int32
+    assert batch[features.EXAMPLE_POSITION].tolist() == [0, 1, 2, 3]
+    path, m = data_dir
+    spec = reader.make_train_dataset(path, m, per_replica_batch=4, seed=0).element_spec
+    assert all(s.shape.is_fully_defined() for s in spec.values())
+    # Pixels and embeddings belong to the record the token ids say they do.
+    for row, ident in enumerate(batch[features.CLASS_TOKEN_IDS][:, 0]):
+        ex = _example(features.KIND_CLASS, ident - 1000)
+        np.testing.assert_allclose(batch[features.CLASS_PIXELS][row], ex["image"] / 127.5 - 1, atol=1e-6)
+        np.testing.assert_array_equal(batch[features.CLASS_EMBEDDING][row], ex["embedding"])
+
+
+def test_each_epoch_is_a_permutation_and_epochs_differ(data_dir):
+    # 32 positions: 10 whole instance epochs, 6 class epochs; B=4 > 3 instance records
+    # also covers batches that span more than one epoch.
+    batches = _batches(data_dir, 8, per_replica_batch=4)
+    inst = _ids(batches)
+    cls = [i - 1000 for i in _ids(batches, features.CLASS_TOKEN_IDS)]
+    epochs = [tuple(inst[e * NUM_INSTANCE:(e + 1) * NUM_INSTANCE]) for e in range(10)]
+    assert all(sorted(e) == list(range(NUM_INSTANCE)) for e in epochs)
+    assert len(set(epochs)) > 1  # reshuffled each epoch, not one fixed order
+    assert all(sorted(cls[e * NUM_CLASS:(e + 1) * NUM_CLASS]) == list(range(NUM_CLASS)) for e in range(6))
+
+
+def test_deterministic_and_seed_dependent(data_dir):
+    a = _batches(data_dir, 6)
+    path, m = data_dir
+    fresh = reader.make_train_dataset(path, m, per_replica_batch=2, seed=7)  # built anew, not memoised
+    _assert_same(a, [{k: v.numpy() for k, v in b.items()} for b in fresh.take(6)])
+    other = _batches(data_dir, 6, seed=8)
+    assert _ids(a, features.CLASS_TOKEN_IDS) != _ids(other, features.CLASS_TOKEN_IDS)
+
+
+@pytest.mark.parametrize("replicas, per_replica", [(2, 2), (4, 1), (2, 3)])
+def test_replica_split_gives_the_same_global_batch(data_dir, replicas, per_replica):
+    g = replicas * per_replica
+    whole = _batches(data_dir, 5, per_replica_batch=g)
+    parts = [_batches(data_dir, 5, per_replica_batch=per_replica, global_batch=g, replica_id=r)
+             for r in range(replicas)]
+    joined = [{k: np.concatenate([p[s][k] for p in parts]) for k in whole[s]} for s in range(5)]
+    _assert_same(joined, whole)
+
+
+def test_start_step_resumes_exactly(data_dir):
+    full = _batches(data_dir, 7, per_replica_batch=1, global_batch=2, replica_id=1)
+    resumed = _batches(data_dir, 3, per_replica_batch=1, global_batch=2, replica_id=1, start_step=4)
+    _assert_same(resumed, full[4:])
+
+
+def test_instance_only_data(instance_only_dir):
+    path, m = instance_only_dir
+    assert m.class_shards == () and not m.has_class
+    assert manifest_lib.read_manifest(path) == m
+    batches = _batches(instance_only_dir, 2, per_replica_batch=4)
+    assert set(batches[0]) == {features.INSTANCE_PIXELS, features.INSTANCE_EMBEDDING,
+                               features.INSTANCE_TOKEN_IDS, features.EXAMPLE_POSITION}
+    with pytest.raises(ValueError, match="no class examples"):
+        reader.read_all_examples(path, m, "class")
+
+
+def test_reader_rejects_bad_arguments_and_mismatched_shards(data_dir, tmp_path):
+    path, m = data_dir
+    with pytest.raises(ValueError, match=r"global_batch \(5\) must be a positive multiple of per_replica_batch \(2\)"):
+        reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=5, seed=0)
+    with pytest.raises(ValueError, match=r"replica_id must be in \[0, 2\).*got 2"):
+        reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=4, replica_id=2, seed=0)
+    wrong = dataclasses.replace(m, num_class=NUM_CLASS + 1)
+    with pytest.raises(ValueError, match=r"class shards hold 5 records.*expects indices 0..5"):
+        reader.make_train_dataset(path, wrong, per_replica_batch=2, seed=0)
