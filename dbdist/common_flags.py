@@ -1,6 +1,6 @@
 """absl flags shared by the dbdist commands (importing this module defines them)."""
 
-from absl import flags
+from absl import app, flags
 
 from dbdist.config import MODEL_PRESETS, model_config, with_resolution
 
@@ -13,7 +13,22 @@ WEIGHTS = flags.DEFINE_string(
     "published files for sd-v1/sd-v2 (downloaded once, hash-checked); random weights from --seed for tiny.",
 )
 RESOLUTION = flags.DEFINE_integer("resolution", None, "Training image size in pixels (multiple of 8); default: the preset's.")
-SEED = flags.DEFINE_integer("seed", 0, "Random seed: tiny's random weights, data order and training noise.")
+SEED = flags.DEFINE_integer("seed", 0, "Random seed: tiny's random weights, data order, training noise, sampling noise.")
+OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where this command writes its results (local or gs://).")
+VOCAB_PATH = flags.DEFINE_string(
+    "vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, local or gs://); empty downloads keras-cv's copy."
+)
+UNET_WEIGHTS = flags.DEFINE_string(
+    "unet_weights", "", "A UNet .h5 in keras-cv layout (e.g. a DreamBooth export/unet.h5); overrides --weights for the UNet."
+)
+
+
+def require(*names):
+    """absl's mark_flags_as_required is global; the commands share one flag registry (and tests run
+    them in one process), so each command checks its own required flags."""
+    missing = [name for name in names if flags.FLAGS[name].value in (None, "")]
+    if missing:
+        raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
 
 
 def selected_model_config(resolution=None):

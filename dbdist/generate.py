@@ -27,16 +27,12 @@ from dbdist.weights.pretrained import load_networks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", "", "A `dbdist.train` output dir: its preset, weights and export/unet.h5 are used.")
-flags.DEFINE_string("unet_weights", "", "A UNet .h5 in keras-cv layout (e.g. export/unet.h5) instead of --run_dir.")
 flags.DEFINE_string("prompt", None, 'What to draw, e.g. "a photo of sks dog on the beach".')
 flags.DEFINE_string("negative_prompt", "", "Steer away from this; empty uses the empty prompt as the unconditional input.")
 flags.DEFINE_integer("num_images", 4, "Images to draw.")
 flags.DEFINE_integer("batch_size", 4, "Images denoised together.")
 flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
 flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance scale (1 = no guidance).")
-flags.DEFINE_string("output_dir", None, "Where the PNGs go (local or gs://).")
-flags.DEFINE_string("vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); empty downloads keras-cv's copy.")
-flags.mark_flags_as_required(["prompt", "output_dir"])
 
 
 def _model_and_weights():
@@ -62,6 +58,7 @@ def _model_and_weights():
 
 def main(argv):
     del argv
+    common_flags.require("prompt", "output_dir")
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
         raise ValueError(f"--num_images and --batch_size must be >= 1, got {FLAGS.num_images}, {FLAGS.batch_size}")
     model, weights_dir, unet_path, init_seed = _model_and_weights()

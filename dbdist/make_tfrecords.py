@@ -26,10 +26,7 @@ flags.DEFINE_string("instance_dir", None, "Folder of the subject's photos (jpg/p
 flags.DEFINE_string("instance_prompt", None, 'Prompt naming the subject, e.g. "a photo of sks dog".')
 flags.DEFINE_string("class_dir", "", "Folder of class images for prior preservation; empty trains on instance images only.")
 flags.DEFINE_string("class_prompt", "", 'Prompt of the class, e.g. "a photo of dog"; required with --class_dir.')
-flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json are written (local or gs://).")
-flags.DEFINE_string("vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); empty downloads keras-cv's copy.")
 flags.DEFINE_integer("num_shards", 1, "Shards per kind (instance, class); capped at the number of images.")
-flags.mark_flags_as_required(["instance_dir", "instance_prompt", "output_dir"])
 
 
 def _check_flags():
@@ -54,6 +51,7 @@ def _load_all(paths, resolution, kind_name):
 
 def main(argv):
     del argv
+    common_flags.require("instance_dir", "instance_prompt", "output_dir")
     model = _check_flags()
     kinds = [("instance", features.KIND_INSTANCE, FLAGS.instance_dir, FLAGS.instance_prompt)]
     if FLAGS.class_dir:

@@ -7,7 +7,6 @@ What to expect: a progress line per --log_every steps, then in output_dir:
 config.json, metrics.jsonl, loss_curve.png and export/unet.h5 (keras-cv layout).
 """
 
-import json
 import math
 import os
 import time
@@ -34,8 +33,6 @@ from dbdist.weights.pretrained import load_networks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Records made by `python -m dbdist.make_tfrecords` (local or gs://).")
-flags.DEFINE_string("output_dir", None, "Where config.json, metrics.jsonl, loss_curve.png and export/ go.")
-flags.DEFINE_string("unet_weights", "", "Start the UNet from this .h5 (e.g. a DreamBooth unet.h5) instead of --weights.")
 flags.DEFINE_enum("strategy", "one_device", ["one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices (mirrored on a laptop).")
 flags.DEFINE_integer("max_train_steps", 400, "Optimisation steps.")
@@ -46,7 +43,6 @@ flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this glob
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling.")
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
-flags.mark_flags_as_required(["data_dir", "output_dir"])
 
 
 def _run_config(model):
@@ -122,6 +118,7 @@ def _compiled_step(strategy, state, settings, max_grad_norm):
 
 def main(argv):
     del argv
+    common_flags.require("data_dir", "output_dir")
     # Stage 1: config.
     manifest = read_manifest(FLAGS.data_dir)
     model = common_flags.selected_model_config(FLAGS.resolution or manifest.resolution)

@@ -21,3 +21,34 @@ def tokenizer(vocab_path):
     from dbdist.text.tokenizer import ClipTokenizer
 
     return ClipTokenizer(vocab_path)
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory):
+    """(instance_dir, class_dir) with 3 subject and 4 class images, 64 px."""
+    from dbdist.demo_images import write_demo_images
+
+    root = tmp_path_factory.mktemp("images")
+    instance_dir, class_dir = root / "sks", root / "ball"
+    write_demo_images(str(instance_dir), str(class_dir), num_instance=3, num_class=4, size=64, seed=0)
+    return instance_dir, class_dir
+
+
+@pytest.fixture(scope="session")
+def records_dir(tmp_path_factory, sample_images, vocab_path):
+    """Tiny-preset records with prior preservation, made once by make_tfrecords."""
+    from commands import run_command
+
+    out = tmp_path_factory.mktemp("records")
+    run_command(
+        "make_tfrecords",
+        model="tiny",
+        instance_dir=sample_images[0],
+        instance_prompt="a photo of sks ball",
+        class_dir=sample_images[1],
+        class_prompt="a photo of ball",
+        output_dir=out,
+        vocab_path=vocab_path,
+        num_shards=2,
+    )
+    return out

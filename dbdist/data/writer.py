@@ -29,6 +29,9 @@ def temp_path(path):
 def write_bytes_atomically(path, data: bytes):
     """Writes `data` to `path` so that `path` is either absent, old, or complete."""
     path = str(path)
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
     tmp = temp_path(path)
     try:
         with tf.io.gfile.GFile(tmp, "wb") as f:

@@ -1,0 +1,126 @@
+"""make_tfrecords -> train -> generate on the tiny preset, through their absl flags."""
+
+import json
+
+import numpy as np
+import pytest
+from commands import run_command
+from PIL import Image
+
+from dbdist.config import model_config
+from dbdist.data import features
+from dbdist.data.manifest import read_manifest
+from dbdist.data.reader import read_all_examples
+from dbdist.models import build_models
+from dbdist.weights.keras_cv_h5 import read_layer_arrays, save_keras_cv_h5
+
+TRAIN_FLAGS = dict(model="tiny", strategy="one_device", global_batch_size=2, log_every=1, seed=0)
+
+
+def _arrays(path):
+    return [a for _, arrays in read_layer_arrays(path) for a in arrays]
+
+
+def test_make_tfrecords_writes_shards_manifest_and_embeddings(records_dir, tokenizer):
+    manifest = read_manifest(records_dir)
+    assert (manifest.num_instance, manifest.num_class) == (3, 4)
+    assert (manifest.preset, manifest.resolution, manifest.embedding_shape) == ("tiny", 64, (77, 32))
+    assert manifest.instance_prompt == "a photo of sks ball" and manifest.class_prompt == "a photo of ball"
+    assert len(manifest.instance_shards) == 2 and len(manifest.class_shards) == 2
+    instance = read_all_examples(records_dir, manifest, "instance")
+    np.testing.assert_array_equal(instance["token_ids"][0], tokenizer.tokenize("a photo of sks ball"))
+    # The stored embedding is the tiny text encoder's (seed 0) output for the prompt.
+    encoder = build_models(model_config("tiny"), ("text_encoder",), seed=0).text_encoder
+    expected = encoder.predict_on_batch(tokenizer.tokenize("a photo of sks ball")[None])[0]
+    np.testing.assert_allclose(instance["embedding"][0], expected, atol=1e-6)
+    assert instance["image"].shape == (3, 64, 64, 3)
+
+
+def test_train_writes_config_metrics_curve_and_keras_cv_export(records_dir, tmp_path):
+    run_command("train", data_dir=records_dir, output_dir=tmp_path, max_train_steps=3, learning_rate=1e-3, **TRAIN_FLAGS)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"]["preset"] == "tiny" and config["train"]["global_batch_size"] == 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert {"step", "loss", "instance_loss", "prior_loss", "learning_rate"} <= record.keys()
+        assert record["loss"] == pytest.approx(record["instance_loss"] + record["prior_loss"], rel=1e-5)
+        assert record["prior_loss"] > 0
+    assert Image.open(tmp_path / "loss_curve.png").size[0] > 100
+    export = tmp_path / "export" / "unet.h5"
+    initial = build_models(model_config("tiny"), ("unet",), seed=0).unet
+    trained = _arrays(export)
+    assert any(not np.array_equal(a, np.asarray(v)) for a, v in zip(trained, initial.weights))
+
+
+def test_learning_rate_zero_exports_the_loaded_weights_bit_for_bit(records_dir, tmp_path):
+    weights_dir = tmp_path / "weights"
+    start = build_models(model_config("tiny"), ("unet", "vae_encoder"), seed=42)
+    save_keras_cv_h5(start.unet, weights_dir / "unet.h5")
+    save_keras_cv_h5(start.vae_encoder, weights_dir / "vae_encoder.h5")
+    run_command(
+        "train", data_dir=records_dir, output_dir=tmp_path / "run", weights=weights_dir, max_train_steps=2,
+        learning_rate=0.0, **TRAIN_FLAGS,
+    )
+    before, after = _arrays(weights_dir / "unet.h5"), _arrays(tmp_path / "run" / "export" / "unet.h5")
+    assert len(before) == len(after) > 0
+    for a, b in zip(before, after):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def test_instance_only_training(sample_images, vocab_path, tmp_path):
+    run_command(
+        "make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+        output_dir=tmp_path / "records", vocab_path=vocab_path,
+    )
+    assert read_manifest(tmp_path / "records").num_class == 0
+    run_command("train", data_dir=tmp_path / "records", output_dir=tmp_path / "run", max_train_steps=2, **TRAIN_FLAGS)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["prior_loss"] == 0 and r["loss"] == r["instance_loss"] for r in records)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_finite_loss(records_dir, tmp_path, precision):
+    run_command(
+        "train", data_dir=records_dir, output_dir=tmp_path, max_train_steps=2, mixed_precision=precision,
+        learning_rate=1e-4, **TRAIN_FLAGS,
+    )
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    # Variables stay fp32 under mixed precision, and are exported as such (keras-cv's dtype).
+    assert all(a.dtype == np.float32 for a in _arrays(tmp_path / "export" / "unet.h5"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(records_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    run_command("train", data_dir=records_dir, output_dir=run_dir, max_train_steps=2, learning_rate=1e-3, **TRAIN_FLAGS)
+    return run_dir
+
+
+def test_generate_writes_pngs_and_grid_deterministically(trained_run, vocab_path, tmp_path):
+    common = dict(run_dir=trained_run, prompt="a photo of sks ball", num_steps=3, seed=7, vocab_path=vocab_path)
+    run_command("generate", num_images=3, batch_size=2, output_dir=tmp_path / "a", **common)
+    run_command("generate", num_images=2, batch_size=1, output_dir=tmp_path / "b", **common)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["grid.png", "image_000.png", "image_001.png", "image_002.png"]
+    first = np.asarray(Image.open(tmp_path / "a" / "image_000.png"))
+    assert first.shape == (64, 64, 3)
+    # Image i depends on (seed, i) only, not on the batch it was drawn in.
+    for name in ("image_000.png", "image_001.png"):
+        a = np.asarray(Image.open(tmp_path / "a" / name)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "b" / name)).astype(int)
+        assert np.abs(a - b).max() <= 1  # batch-size-dependent CPU kernels may flip a rounding
+    assert Image.open(tmp_path / "a" / "grid.png").size == (128, 128)
+
+
+def test_generate_negative_prompt_and_unet_weights_flag(trained_run, vocab_path, tmp_path):
+    common = dict(model="tiny", prompt="a photo of sks ball", num_steps=2, num_images=1, vocab_path=vocab_path)
+    run_command("generate", unet_weights=trained_run / "export" / "unet.h5", output_dir=tmp_path / "a", **common)
+    run_command(
+        "generate", unet_weights=trained_run / "export" / "unet.h5", negative_prompt="blurry",
+        output_dir=tmp_path / "b", **common,
+    )
+    a = np.asarray(Image.open(tmp_path / "a" / "image_000.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "image_000.png"))
+    assert not np.array_equal(a, b)
