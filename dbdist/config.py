@@ -177,6 +177,11 @@ class OptimConfig:
     weight_decay: float = 1e-2
     epsilon: float = 1e-8
     max_grad_norm: float = 1.0
+    # constant | constant_with_warmup | linear | cosine | polynomial (decay to 0 at the last step)
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
+    # Only with train_text_encoder: the text encoder's own AdamW learning rate.
+    text_encoder_learning_rate: float = 5e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +195,15 @@ class TrainConfig:
     prior_loss_weight: float = 1.0
     seed: int = 0
     log_every: int = 1
+    # Steps run inside one tf.function call (fewer host round trips).
+    steps_per_loop: int = 1
+    # Micro-batches whose gradients are summed before one optimizer step.
+    grad_accum_steps: int = 1
+    train_text_encoder: bool = False
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    validation_every: int = 0
+    validation_prompt: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +216,8 @@ class RuntimeConfig:
     weights: str = ""
     # Initial dynamic loss scale for fp16.
     initial_loss_scale: float = 2.0**15
+    # XLA-compile each replica's forward/backward pass.
+    jit_compile: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +248,16 @@ class RunConfig:
             raise ValueError(f"prior_loss_weight must be >= 0, got {t.prior_loss_weight}")
         if self.optim.learning_rate < 0:
             raise ValueError(f"learning_rate must be >= 0, got {self.optim.learning_rate}")
+        for name in ("steps_per_loop", "grad_accum_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(t, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(t, name)}")
+        if t.checkpoint_every % t.steps_per_loop:
+            raise ValueError(
+                f"checkpoint_every ({t.checkpoint_every}) must be a multiple of steps_per_loop ({t.steps_per_loop}): "
+                "checkpoints are taken between loops"
+            )
+        if t.validation_every and not t.validation_prompt:
+            raise ValueError("validation_every needs a validation_prompt")
         if r.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
         if r.strategy not in ("one_device", "mirrored", "multi_worker", "tpu"):

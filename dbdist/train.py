@@ -1,12 +1,15 @@
-"""python -m dbdist.train: DreamBooth fine-tuning of the UNet.
+"""python -m dbdist.train: DreamBooth fine-tuning on any tf.distribute strategy.
 
-How to run (the tiny demo; see README for sd-v1 on a GPU):
+How to run (the tiny demo; see README for sd-v1 on a GPU, launch/ for TPU VMs and Vertex AI):
   python -m dbdist.train --data_dir=/tmp/db/records --output_dir=/tmp/db/run \
-      --model=tiny --max_train_steps=100 --learning_rate=1e-4
-What to expect: a progress line per --log_every steps, then in output_dir:
-config.json, metrics.jsonl, loss_curve.png and export/unet.h5 (keras-cv layout).
+      --model=tiny --max_train_steps=100 --learning_rate=1e-4 --strategy=mirrored --num_cpu_devices=2
+What to expect: a progress line every --log_every steps (step, loss, img/s, ETA),
+then in output_dir: config.json, metrics.jsonl, tensorboard/, checkpoints/,
+loss_curve.png and export/unet.h5 (keras-cv layout). Running the same command
+again resumes from the newest checkpoint.
 """
 
+import json
 import math
 import os
 import time
@@ -22,35 +25,60 @@ from dbdist.data.writer import write_bytes_atomically
 from dbdist.diffusion import NoiseSchedule
 from dbdist.plots import plot_loss_curve
 from dbdist.training import input as train_input
+from dbdist.training.checkpointing import Checkpoints, check_resume_compatible
+from dbdist.training.loop import make_train_loop
 from dbdist.training.loss import LossSettings
 from dbdist.training.loss_scale import DynamicLossScale
 from dbdist.training.metrics_log import MetricsLog, format_duration, read_metrics
 from dbdist.training.optimizer import build_optimizer
-from dbdist.training.step import TrainState, replica_train_step
-from dbdist.training.strategy import is_chief, make_strategy
+from dbdist.training.preemption import Preempted, PreemptionWatcher
+from dbdist.training.schedules import SCHEDULES
+from dbdist.training.step import TrainState
+from dbdist.training.strategy import STRATEGIES, is_chief, make_strategy
+from dbdist.training.summaries import Summaries
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 from dbdist.weights.pretrained import load_networks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Records made by `python -m dbdist.make_tfrecords` (local or gs://).")
-flags.DEFINE_enum("strategy", "one_device", ["one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "one_device", STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices (mirrored on a laptop).")
+flags.DEFINE_string("tpu", "local", "With --strategy=tpu: 'local' on a TPU VM, a TPU name, or grpc://host:8470.")
 flags.DEFINE_integer("max_train_steps", 400, "Optimisation steps.")
 flags.DEFINE_integer("global_batch_size", 1, "Instance examples per step over all replicas; each is paired with one class example.")
-flags.DEFINE_float("learning_rate", 5e-6, "AdamW learning rate.")
+flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches of --global_batch_size summed into one optimizer step.")
+flags.DEFINE_integer("steps_per_loop", 1, "Steps inside one tf.function call (fewer host round trips on TPU/GPU).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile each replica's forward/backward pass.")
+flags.DEFINE_float("learning_rate", 5e-6, "AdamW learning rate of the UNet.")
+flags.DEFINE_enum("lr_schedule", "constant", SCHEDULES, "Learning-rate schedule (decays reach 0 at the last step).")
+flags.DEFINE_integer("lr_warmup_steps", 0, "Linear warm-up steps (constant_with_warmup, linear, cosine, polynomial).")
 flags.DEFINE_float("weight_decay", 1e-2, "AdamW decoupled weight decay.")
 flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this global norm.")
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
-flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling.")
+flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
+flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
+flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
+flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps (a multiple of --steps_per_loop).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_integer("validation_every", 0, "Draw --validation_prompt images every this many steps (0: never).")
+flags.DEFINE_string("validation_prompt", "", "Prompt of the validation images.")
 
 
 def _run_config(model):
+    mixed_precision = FLAGS.mixed_precision
+    if FLAGS.strategy == "tpu" and not FLAGS["mixed_precision"].present:
+        mixed_precision = "bf16"  # TPUs compute in bf16 natively
     return RunConfig(
         model=model,
         data=DataConfig(data_dir=FLAGS.data_dir),
         optim=OptimConfig(
-            learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay, max_grad_norm=FLAGS.max_grad_norm
+            learning_rate=FLAGS.learning_rate,
+            weight_decay=FLAGS.weight_decay,
+            max_grad_norm=FLAGS.max_grad_norm,
+            lr_schedule=FLAGS.lr_schedule,
+            lr_warmup_steps=FLAGS.lr_warmup_steps,
+            text_encoder_learning_rate=FLAGS.text_encoder_learning_rate,
         ),
         train=TrainConfig(
             output_dir=FLAGS.output_dir,
@@ -59,9 +87,19 @@ def _run_config(model):
             prior_loss_weight=FLAGS.prior_loss_weight,
             seed=FLAGS.seed,
             log_every=FLAGS.log_every,
+            steps_per_loop=FLAGS.steps_per_loop,
+            grad_accum_steps=FLAGS.grad_accum_steps,
+            train_text_encoder=FLAGS.train_text_encoder,
+            checkpoint_every=FLAGS.checkpoint_every,
+            keep_checkpoints=FLAGS.keep_checkpoints,
+            validation_every=FLAGS.validation_every,
+            validation_prompt=FLAGS.validation_prompt,
         ),
         runtime=RuntimeConfig(
-            strategy=FLAGS.strategy, mixed_precision=FLAGS.mixed_precision, weights=FLAGS.weights
+            strategy=FLAGS.strategy,
+            mixed_precision=mixed_precision,
+            weights=FLAGS.weights,
+            jit_compile=FLAGS.jit_compile,
         ),
     ).validate()
 
@@ -72,110 +110,176 @@ def _set_precision(mixed_precision):
 
 
 def _build_state(config, strategy):
-    """Models, optimizer, step and loss scale, all inside the strategy's scope."""
+    """Models, optimizers, step and loss scale, all inside the strategy's scope."""
+    train = config.train
+    networks = ("unet", "vae_encoder", "text_encoder") if train.train_text_encoder else ("unet", "vae_encoder")
+    total_steps = train.max_train_steps
     with strategy.scope():
-        # Order: (resume from a checkpoint: not yet) -> pretrained weights (--unet_weights,
-        # --weights, published files) -> random init from --seed (tiny only).
+        # Weights come from (1) the latest checkpoint, restored later over these, else
+        # (2) --unet_weights / --weights / keras-cv's published files, else (3) the
+        # random initialisation drawn from --seed (tiny only).
         models = load_networks(
             config.model,
-            ("unet", "vae_encoder"),
+            networks,
             weights_dir=config.runtime.weights,
-            seed=config.train.seed,
+            seed=train.seed,
             files={"unet": FLAGS.unet_weights} if FLAGS.unet_weights else None,
         )
-        models.vae_encoder.trainable = False  # frozen: only the UNet is fine-tuned
-        optimizer = build_optimizer(config.optim)
-        optimizer.build(models.unet.trainable_variables)
+        models.vae_encoder.trainable = False  # frozen: it only encodes the images
         state = TrainState(
             unet=models.unet,
             vae_encoder=models.vae_encoder,
-            optimizer=optimizer,
+            optimizer=build_optimizer(config.optim, total_steps=total_steps),
             schedule=NoiseSchedule(config.model.schedule),
             step=tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step"),
             loss_scale=DynamicLossScale(config.runtime.initial_loss_scale)
             if config.runtime.mixed_precision == "fp16"
             else None,
         )
+        if train.train_text_encoder:
+            state.text_encoder = models.text_encoder
+            state.text_optimizer = build_optimizer(
+                config.optim, learning_rate=config.optim.text_encoder_learning_rate, total_steps=total_steps
+            )
+        for variables, optimizer in state.variable_groups():
+            optimizer.build(variables)
     return state
 
 
-def _compiled_step(strategy, state, settings, max_grad_norm):
-    replicas = strategy.num_replicas_in_sync
+def _validation_sampler(config, state, strategy):
+    """A Sampler over the live UNet (and text encoder), with a frozen decoder and the tokenizer."""
+    from dbdist.sampling import Sampler
+    from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 
-    @tf.function
-    def train_step(iterator):
-        batch = next(iterator)
-        per_replica = strategy.run(replica_train_step, args=(state, batch, settings, max_grad_norm))
-        metrics = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
-        # These two are the same on every replica; the sum counted them `replicas` times.
-        metrics["grad_norm"] /= replicas
-        metrics["skipped"] /= replicas
-        state.step.assign_add(1)
-        return metrics
+    with strategy.scope():
+        extra = load_networks(config.model, ("vae_decoder", "text_encoder"), config.runtime.weights, seed=config.train.seed)
+    extra.unet = state.unet
+    if state.text_encoder is not None:
+        extra.text_encoder = state.text_encoder
+    tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
+    return Sampler(config.model, extra, tokenizer, compile=tf.function)
 
-    return train_step
+
+def _prepare_output_dir(config, checkpoints, chief):
+    """On resume, checks the settings against the saved run and trims metrics past the checkpoint."""
+    out = config.train.output_dir
+    config_path = os.path.join(out, "config.json")
+    resuming = checkpoints.latest() is not None
+    if resuming and tf.io.gfile.exists(config_path):
+        check_resume_compatible(config_path, json.loads(config.to_json()))
+    if chief:
+        tf.io.gfile.makedirs(out)
+        write_bytes_atomically(config_path, config.to_json().encode())
+    return resuming
+
+
+def _trim_metrics(output_dir, step):
+    path = os.path.join(output_dir, "metrics.jsonl")
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    write_bytes_atomically(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def main(argv):
     del argv
     common_flags.require("data_dir", "output_dir")
-    # Stage 1: config.
+    # Stage 1: config, checked against the records before anything starts.
     manifest = read_manifest(FLAGS.data_dir)
     model = common_flags.selected_model_config(FLAGS.resolution or manifest.resolution)
     check_compatible(
-        manifest,
-        preset=model.preset,
-        resolution=model.resolution,
-        embedding_shape=model.embedding_shape,
+        manifest, preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape,
         data_dir=FLAGS.data_dir,
     )
     config = _run_config(model)
+    train = config.train
     _set_precision(config.runtime.mixed_precision)
-    logging.info("training on %s records: %d instance, %d class", "prior-preservation" if manifest.num_class else "instance-only", manifest.num_instance, manifest.num_class)
 
-    # Stage 2: strategy. Stage 3: data.
-    strategy = make_strategy(config.runtime.strategy, FLAGS.num_cpu_devices)
-    chief = is_chief()
+    # Stage 2: strategy (built once; everything with variables goes in its scope).
+    strategy = make_strategy(config.runtime.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
+    chief = is_chief(strategy)
+    train_input.per_replica_batch_size(train.global_batch_size, strategy.num_replicas_in_sync)
+
+    # Stage 3: models and optimizers. Stage 4: restore (resume first, see _build_state).
+    state = _build_state(config, strategy)
+    checkpoints = Checkpoints(strategy, train.output_dir, state, train.keep_checkpoints)
+    if _prepare_output_dir(config, checkpoints, chief):
+        checkpoints.restore_latest()
+    start_step = int(state.step.numpy())
     if chief:
-        tf.io.gfile.makedirs(config.train.output_dir)
-        write_bytes_atomically(os.path.join(config.train.output_dir, "config.json"), config.to_json().encode())
-    dataset = train_input.distributed_dataset(
-        strategy, FLAGS.data_dir, manifest, global_batch=config.train.global_batch_size, seed=config.train.seed
+        _trim_metrics(train.output_dir, start_step)
+    logging.info(
+        "%s training: %d instance, %d class records; step %d of %d",
+        "prior-preservation" if manifest.num_class else "instance-only",
+        manifest.num_instance, manifest.num_class, start_step, train.max_train_steps,
     )
 
-    # Stage 4: models and optimizer.
-    state = _build_state(config, strategy)
+    # Stage 5: data, from the restored step's position.
+    dataset = train_input.distributed_dataset(
+        strategy, FLAGS.data_dir, manifest, global_batch=train.global_batch_size, seed=train.seed,
+        start_step=start_step * train.grad_accum_steps,
+    )
     settings = LossSettings(
-        global_batch_size=config.train.global_batch_size,
-        prior_loss_weight=config.train.prior_loss_weight if manifest.num_class else 0.0,
+        global_batch_size=train.global_batch_size * train.grad_accum_steps,
+        prior_loss_weight=train.prior_loss_weight if manifest.num_class else 0.0,
         scaling_factor=config.model.vae.scaling_factor,
         time_embedding_dim=config.model.unet.time_embedding_dim,
-        seed=config.train.seed,
+        seed=train.seed,
     )
 
-    # Stage 5: compile. Stage 6: loop.
-    train_step = _compiled_step(strategy, state, settings, config.optim.max_grad_norm)
-    iterator = iter(dataset)
-    images_per_step = config.train.global_batch_size * (2 if manifest.num_class else 1)
-    log = MetricsLog(config.train.output_dir, config.train.max_train_steps, images_per_step) if chief else None
-    start = time.perf_counter()
-    for step in range(1, config.train.max_train_steps + 1):
-        metrics = {k: float(v) for k, v in train_step(iterator).items()}
-        if not math.isfinite(metrics["loss"]) and config.runtime.mixed_precision != "fp16":
-            raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}; stopping (nothing exported)")
-        if chief and (step % config.train.log_every == 0 or step == config.train.max_train_steps):
-            metrics["learning_rate"] = float(keras.ops.convert_to_numpy(state.optimizer.learning_rate))
-            log.log(step, metrics)
-    logging.info("trained %d steps in %s", config.train.max_train_steps, format_duration(time.perf_counter() - start))
+    # Stage 6: compile the inner loop.
+    loop = make_train_loop(
+        strategy, state, settings, max_grad_norm=config.optim.max_grad_norm,
+        grad_accum_steps=train.grad_accum_steps, jit_compile=config.runtime.jit_compile,
+    )
+    sampler = _validation_sampler(config, state, strategy) if train.validation_every and chief else None
 
-    # Stage 7: export (chief only).
+    # Stage 7: the loop.
+    iterator = iter(dataset)
+    images_per_step = train.global_batch_size * train.grad_accum_steps * (2 if manifest.num_class else 1)
+    log = MetricsLog(train.output_dir, train.max_train_steps, images_per_step) if chief else None
+    summaries = Summaries(train.output_dir) if chief else None
+    preemption = PreemptionWatcher()
+    step, started = start_step, time.perf_counter()
+    while step < train.max_train_steps:
+        count = min(train.steps_per_loop, train.max_train_steps - step)
+        loop_start = time.perf_counter()
+        history = {k: v.numpy() for k, v in loop(iterator, tf.constant(count)).items()}
+        seconds_per_step = (time.perf_counter() - loop_start) / count
+        for i in range(count):
+            step += 1
+            metrics = {k: float(v[i]) for k, v in history.items()}
+            if not math.isfinite(metrics["loss"]) and state.loss_scale is None:
+                raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}; stopping (nothing exported)")
+            if chief and (step % train.log_every == 0 or step == train.max_train_steps):
+                metrics["learning_rate"] = float(keras.ops.convert_to_numpy(state.optimizer.learning_rate))
+                summaries.scalars(log.log(step, metrics, seconds_per_step))
+        if sampler and (step % train.validation_every == 0):
+            pictures = sampler.images(train.validation_prompt, num_images=2, seed=train.seed, num_steps=25)
+            summaries.validation_images(step, train.validation_prompt, pictures)
+        stop = _any_worker(strategy, preemption.requested)
+        if step % train.checkpoint_every == 0 or step == train.max_train_steps or stop:
+            checkpoints.save(step)
+        if stop:
+            raise Preempted(step)
+    logging.info("trained to step %d in %s", step, format_duration(time.perf_counter() - started))
+
+    # Stage 8: export (chief only).
     if chief:
-        export_path = os.path.join(config.train.output_dir, "export", "unet.h5")
-        save_keras_cv_h5(state.unet, export_path)
-        records = read_metrics(os.path.join(config.train.output_dir, "metrics.jsonl"))
+        export_dir = os.path.join(train.output_dir, "export")
+        save_keras_cv_h5(state.unet, os.path.join(export_dir, "unet.h5"))
+        if state.text_encoder is not None:
+            save_keras_cv_h5(state.text_encoder, os.path.join(export_dir, "text_encoder.h5"))
+        records = read_metrics(os.path.join(train.output_dir, "metrics.jsonl"))
         if records:
-            plot_loss_curve(records, os.path.join(config.train.output_dir, "loss_curve.png"))
-        logging.info("exported %s", export_path)
+            plot_loss_curve(records, os.path.join(train.output_dir, "loss_curve.png"))
+        logging.info("exported %s", export_dir)
+
+
+def _any_worker(strategy, flag):
+    """True on every worker if any worker got SIGTERM (they must stop at the same step)."""
+    if strategy.num_replicas_in_sync == 1 or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return flag
+    value = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy() > 0)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ replica and divided by the global batch size, so that summing gradients over
 replicas gives exactly the one-device gradient.
 """
 
+import collections
 import dataclasses
 
 import tensorflow as tf
@@ -16,8 +17,16 @@ from dbdist.diffusion import NoiseSchedule, sample_latents, timestep_embedding
 from dbdist.training import example_noise
 
 
+_Stream = collections.namedtuple("_Stream", "pixels embedding token_ids rng_stream")
+_INSTANCE = _Stream(
+    features.INSTANCE_PIXELS, features.INSTANCE_EMBEDDING, features.INSTANCE_TOKEN_IDS, example_noise.INSTANCE_STREAM
+)
+_CLASS = _Stream(features.CLASS_PIXELS, features.CLASS_EMBEDDING, features.CLASS_TOKEN_IDS, example_noise.CLASS_STREAM)
+
+
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
+    # Instance examples per optimizer step over all replicas (global batch x accumulation steps).
     global_batch_size: int
     prior_loss_weight: float
     scaling_factor: float
@@ -31,27 +40,29 @@ def _per_example_mse(prediction, target):
     return ops.mean(ops.square(error), axis=(1, 2, 3))
 
 
-def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, step, settings: LossSettings):
+def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, step, settings: LossSettings, text_encoder=None):
     """(loss, {"instance_loss", "prior_loss"}) for this replica, each already / global batch.
 
     `batch` holds this replica's instance (and, with prior preservation, class)
     examples; instance i is paired with class i. Summed over replicas, the
     three values are the global-batch means. Instance and class examples go
-    through the VAE and the UNet as one batch.
+    through the VAE and the UNet as one batch. With `text_encoder` (trained too)
+    the context is encoded from the token ids instead of read from the records.
     """
     positions = batch[features.EXAMPLE_POSITION]
-    streams = [(features.INSTANCE_PIXELS, features.INSTANCE_EMBEDDING, example_noise.INSTANCE_STREAM)]
-    if features.CLASS_PIXELS in batch:
-        streams.append((features.CLASS_PIXELS, features.CLASS_EMBEDDING, example_noise.CLASS_STREAM))
-    pixels = ops.concatenate([batch[p] for p, _, _ in streams], axis=0)
-    context = ops.concatenate([batch[e] for _, e, _ in streams], axis=0)
+    streams = [_INSTANCE, _CLASS] if features.CLASS_PIXELS in batch else [_INSTANCE]
+    pixels = ops.concatenate([batch[s.pixels] for s in streams], axis=0)
+    if text_encoder is None:
+        context = ops.concatenate([batch[s.embedding] for s in streams], axis=0)
+    else:
+        context = text_encoder(ops.concatenate([batch[s.token_ids] for s in streams], axis=0), training=True)
 
     mean, log_variance = vae_encoder(pixels, training=False)
     mean, log_variance = ops.cast(mean, "float32"), ops.cast(log_variance, "float32")
     latent_shape = mean.shape[1:]
 
     def draw(fn, *args):
-        return ops.concatenate([fn(settings.seed, step, positions, s, *args) for _, _, s in streams], axis=0)
+        return ops.concatenate([fn(settings.seed, step, positions, s.rng_stream, *args) for s in streams], axis=0)
 
     vae_noise = draw(example_noise.vae_noise, latent_shape)
     latents = ops.stop_gradient(sample_latents(mean, log_variance, vae_noise, settings.scaling_factor))

@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 
 import tensorflow as tf
 from absl import logging
@@ -16,22 +15,18 @@ def format_duration(seconds):
 class MetricsLog:
     """Appends one JSON object per logged step and prints step, loss, img/s and ETA."""
 
-    def __init__(self, output_dir, max_steps, images_per_step, start_step=0):
+    def __init__(self, output_dir, max_steps, images_per_step):
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.max_steps = max_steps
         self.images_per_step = images_per_step
-        self._last_time = time.perf_counter()
-        self._last_step = start_step
 
-    def log(self, step, metrics):
-        now = time.perf_counter()
-        steps = max(step - self._last_step, 1)
-        images_per_sec = steps * self.images_per_step / max(now - self._last_time, 1e-9)
-        self._last_time, self._last_step = now, step
+    def log(self, step, metrics, seconds_per_step):
+        """`seconds_per_step`: wall time of the loop that ran this step, over its steps."""
+        images_per_sec = self.images_per_step / max(seconds_per_step, 1e-9)
         record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}, "images_per_sec": images_per_sec}
         with tf.io.gfile.GFile(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        eta = (self.max_steps - step) * self.images_per_step / max(images_per_sec, 1e-9)
+        eta = (self.max_steps - step) * seconds_per_step
         logging.info(
             "step %d/%d  loss %.4f (instance %.4f, prior %.4f)  lr %.3g  %.2f img/s  ETA %s",
             step,

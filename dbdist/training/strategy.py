@@ -1,11 +1,16 @@
-"""The one tf.distribute strategy factory, called once per process."""
+"""The one tf.distribute strategy factory, called once per process, and who the chief is."""
+
+import json
+import os
 
 import tensorflow as tf
 from absl import logging
 
+STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+
 
 def split_cpu(num_devices):
-    """Splits the host CPU into `num_devices` logical devices (mirrored runs for real on a laptop).
+    """Splits the host CPU into `num_devices` logical devices, so mirrored runs for real on a laptop.
 
     Must run before TensorFlow initialises its devices.
     """
@@ -13,10 +18,50 @@ def split_cpu(num_devices):
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_devices)
 
 
-def make_strategy(name, num_cpu_devices=0):
+def read_tf_config():
+    """The parsed TF_CONFIG, with errors that say what is wrong with it."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        raise ValueError("--strategy=multi_worker needs TF_CONFIG (set by Vertex AI, or by hand: see README)")
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({err}): {raw[:200]!r}") from err
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise ValueError(f"TF_CONFIG has no 'cluster' mapping of job names to host:port lists: {raw[:200]!r}")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ValueError(f"TF_CONFIG needs 'task': {{'type': ..., 'index': ...}}, got {task!r}")
+    if task["type"] not in cluster or not 0 <= int(task["index"]) < len(cluster[task["type"]]):
+        raise ValueError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
+    return config
+
+
+def _tpu_strategy(tpu):
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="" if tpu == "local" else tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError, RuntimeError) as err:
+        raise RuntimeError(
+            f"--strategy=tpu could not reach a TPU (--tpu={tpu!r}): {err}. On a TPU VM use --tpu=local; "
+            "elsewhere name the TPU or give grpc://host:8470."
+        ) from err
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def make_strategy(name, num_cpu_devices=0, tpu="local"):
     """A strategy by name. Build every variable inside its `scope()`."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if num_cpu_devices:
         split_cpu(num_cpu_devices)
+    if name == "multi_worker":
+        # Must come before anything initialises TensorFlow's context (listing devices does).
+        read_tf_config()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        logging.info("strategy multi_worker with %d replica(s)", strategy.num_replicas_in_sync)
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
         device = gpus[0].name if gpus else tf.config.list_logical_devices("CPU")[0].name
@@ -25,11 +70,31 @@ def make_strategy(name, num_cpu_devices=0):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices)
     else:
-        raise ValueError(f"strategy {name!r} is not available in this build; use one_device or mirrored")
+        strategy = _tpu_strategy(tpu)
     logging.info("strategy %s with %d replica(s)", name, strategy.num_replicas_in_sync)
     return strategy
 
 
-def is_chief():
-    """Only the chief writes logs, metrics and exports (single-process runs are the chief)."""
-    return True
+def is_chief(strategy):
+    """Only the chief writes logs, metrics and exports. Single-process runs are the chief.
+
+    With TF_CONFIG the chief is the 'chief' task, or worker 0 when the cluster has no
+    chief (how Vertex AI and hand-made clusters name it).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_scratch_dir(strategy, path):
+    """Where this task writes files that only the chief keeps: `path` on the chief,
+    a per-worker temporary directory elsewhere (all workers must take part in saving)."""
+    if is_chief(strategy):
+        return path
+    resolver = strategy.cluster_resolver
+    return os.path.join(path, ".workers", f"{resolver.task_type}-{resolver.task_id}")
