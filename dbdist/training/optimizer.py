@@ -4,8 +4,8 @@ Two departures from keras.optimizers.AdamW, both TF-engine concerns:
 
 1. Under a tf.distribute strategy Keras' optimizer all-reduces the gradients it
    is given. Our step sums them first (global-norm clipping and the fp16
-   overflow decision need the summed gradients), so the optimizer must not sum
-   them a second time.
+   overflow decision need the summed gradients), so `_backend_update_step`
+   here applies them as they are, never summing a second time.
 2. Keras builds its Adam update from ~15 graph ops per variable and evaluates
    the learning-rate schedule once per variable. With the UNet's ~300-700
    variables that made tracing the train step take ~25 s. Here the schedule,
@@ -25,10 +25,18 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-class EngineAdamW(keras.optimizers.AdamW):
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        return grads_and_vars
+def _in_cross_replica_context(fn, strategy, *args):
+    """Calls `fn(strategy, *args)` in cross-replica context, entering it if needed.
 
+    The fp16 step applies gradients from inside a merge_call (already
+    cross-replica), where Keras' own `maybe_merge_call` would fail.
+    """
+    if tf.distribute.in_cross_replica_context():
+        return fn(tf.distribute.get_strategy(), *args)
+    return tf.__internal__.distribute.interim.maybe_merge_call(fn, strategy, *args)
+
+
+class EngineAdamW(keras.optimizers.AdamW):
     def _apply_weight_decay(self, variables):
         if self.weight_decay is None:
             return
@@ -42,7 +50,11 @@ class EngineAdamW(keras.optimizers.AdamW):
                         variable, lambda v: v.assign_sub(v * tf.cast(decay, v.dtype)), group=False
                     )
 
-        tf.__internal__.distribute.interim.maybe_merge_call(apply, self._distribution_strategy, variables)
+        _in_cross_replica_context(apply, self._distribution_strategy, variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        grads_and_vars = list(zip(grads, [_tf_variable(v) for v in trainable_variables]))
+        _in_cross_replica_context(self._distributed_tf_update_step, self._distribution_strategy, grads_and_vars, learning_rate)
 
     def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
         step = tf.cast(self.iterations + 1, tf.float32)

@@ -1,0 +1,71 @@
+"""Helpers to run `python -m dbdist.train` in fresh processes (strategies need a fresh TensorFlow)."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from dbdist.weights.keras_cv_h5 import read_layer_arrays
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def train_argv(**flags):
+    return [sys.executable, "-m", "dbdist.train"] + [f"--{k}={v}" for k, v in flags.items()]
+
+
+def start_train(log_path, tf_config=None, **flags):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    log = open(log_path, "w")
+    return subprocess.Popen(train_argv(**flags), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def run_train(log_path, timeout=900, **flags):
+    process = start_train(log_path, **flags)
+    code = process.wait(timeout=timeout)
+    assert code == 0, f"train exited {code}:\n{pathlib.Path(log_path).read_text()[-4000:]}"
+
+
+def run_multi_worker(log_dir, workers=2, timeout=900, **flags):
+    """All workers of a local cluster (TF_CONFIG on 127.0.0.1) with the same flags; worker 0 is the chief."""
+    ports = free_ports(workers)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = [
+        start_train(pathlib.Path(log_dir) / f"worker-{i}.log", {"cluster": cluster, "task": {"type": "worker", "index": i}}, **flags)
+        for i in range(workers)
+    ]
+    codes = [p.wait(timeout=timeout) for p in processes]
+    logs = "\n".join(pathlib.Path(log_dir, f"worker-{i}.log").read_text()[-3000:] for i in range(workers))
+    assert codes == [0] * workers, f"workers exited {codes}:\n{logs}"
+
+
+def exported_arrays(run_dir, name="unet.h5"):
+    return [a for _, arrays in read_layer_arrays(pathlib.Path(run_dir) / "export" / name) for a in arrays]
+
+
+def max_weight_difference(run_a, run_b):
+    a, b = exported_arrays(run_a), exported_arrays(run_b)
+    assert len(a) == len(b) > 0
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def metrics(run_dir):
+    lines = (pathlib.Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
