@@ -223,6 +223,8 @@ def main(argv):
         scaling_factor=config.model.vae.scaling_factor,
         time_embedding_dim=config.model.unet.time_embedding_dim,
         seed=train.seed,
+        latent_shape=(config.model.latent_size, config.model.latent_size, config.model.vae.latent_channels),
+        num_train_timesteps=config.model.schedule.num_train_timesteps,
     )
 
     # Stage 6: compile the inner loop.

@@ -63,7 +63,7 @@ def dataset_fn(context):
 
 
 dataset = strategy.distribute_datasets_from_function(dataset_fn)
-loop = make_train_loop(strategy, state, LossSettings(2, 1.0, 0.18215, 32, 0), max_grad_norm=1.0)
+loop = make_train_loop(strategy, state, LossSettings(2, 1.0, 0.18215, 32, 0, latent_shape=(8, 8, 4)), max_grad_norm=1.0)
 history = loop(iter(dataset), tf.constant(1))
 local = [v.values if hasattr(v, "values") else (v,) for v in models.unet.trainable_variables]
 replicas_identical = all(all(np.array_equal(c.numpy(), parts[0].numpy()) for c in parts) for parts in local)

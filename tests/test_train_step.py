@@ -10,7 +10,7 @@ from dbdist.data import features
 from dbdist.diffusion import NoiseSchedule
 from dbdist.models import build_models
 from dbdist.training import example_noise
-from dbdist.training.loss import LossSettings, dreambooth_loss
+from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 from dbdist.training.loss_scale import DynamicLossScale
 from dbdist.training.optimizer import build_optimizer
 from dbdist.training.step import TrainState, micro_batch_gradients, replica_train_step
@@ -40,12 +40,13 @@ def _batch(rows=slice(None)):
 
 
 def _settings(prior_loss_weight=1.0):
-    return LossSettings(GLOBAL_BATCH, prior_loss_weight, 0.18215, 32, seed=5)
+    return LossSettings(GLOBAL_BATCH, prior_loss_weight, 0.18215, 32, seed=5, latent_shape=(8, 8, 4))
 
 
 def _loss_and_grads(tiny, batch, settings, step=3):
     with tf.GradientTape() as tape:
-        loss, terms = dreambooth_loss(tiny.unet, tiny.vae_encoder, NoiseSchedule(), batch, tf.constant(step, tf.int64), settings)
+        randomness = draw_randomness(batch, tf.constant(step, tf.int64), settings)
+        loss, terms = dreambooth_loss(tiny.unet, tiny.vae_encoder, NoiseSchedule(), batch, randomness, settings)
     return loss, terms, tape.gradient(loss, tiny.unet.trainable_variables)
 
 
@@ -95,7 +96,7 @@ def _state(tiny, learning_rate, loss_scale=None):
 
 def _step(state, batch, settings, max_grad_norm):
     return replica_train_step(
-        state, [batch], max_grad_norm, lambda b, s: micro_batch_gradients(state, b, s, settings=settings)
+        state, [batch], settings, max_grad_norm, lambda b, r: micro_batch_gradients(state, b, r, settings=settings)
     )
 
 

@@ -10,13 +10,16 @@ and a resumed run draws what the uninterrupted run would have.
 import tensorflow as tf
 
 INSTANCE_STREAM, CLASS_STREAM = 0, 1
+# Named, not "auto_select": XLA and TPUs would otherwise pick another generator,
+# and --jit_compile or a TPU would draw different numbers for the same keys.
+_ALG = "philox"
 _VAE_NOISE, _DIFFUSION_NOISE, _TIMESTEP = 0, 1, 2
 
 
 def _key(seed, step, position, stream, purpose):
     key = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5EED, tf.int64)])
     for value in (step, position, stream * 3 + purpose):
-        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64), alg=_ALG)
     return key
 
 
@@ -28,14 +31,14 @@ def _per_example(positions, draw):
 def vae_noise(seed, step, positions, stream, shape):
     """(B,) + shape standard normals for sampling latents from the VAE posterior."""
     return _per_example(
-        positions, lambda p: tf.random.stateless_normal(shape, seed=_key(seed, step, p, stream, _VAE_NOISE))
+        positions, lambda p: tf.random.stateless_normal(shape, seed=_key(seed, step, p, stream, _VAE_NOISE), alg=_ALG)
     )
 
 
 def diffusion_noise(seed, step, positions, stream, shape):
     """(B,) + shape standard normals added to the latents."""
     return _per_example(
-        positions, lambda p: tf.random.stateless_normal(shape, seed=_key(seed, step, p, stream, _DIFFUSION_NOISE))
+        positions, lambda p: tf.random.stateless_normal(shape, seed=_key(seed, step, p, stream, _DIFFUSION_NOISE), alg=_ALG)
     )
 
 
@@ -44,6 +47,6 @@ def timesteps(seed, step, positions, stream, num_train_timesteps):
     return _per_example(
         positions,
         lambda p: tf.random.stateless_uniform(
-            [], seed=_key(seed, step, p, stream, _TIMESTEP), minval=0, maxval=num_train_timesteps, dtype=tf.int32
+            [], seed=_key(seed, step, p, stream, _TIMESTEP), minval=0, maxval=num_train_timesteps, dtype=tf.int32, alg=_ALG
         ),
     )

@@ -32,6 +32,8 @@ class LossSettings:
     scaling_factor: float
     time_embedding_dim: int
     seed: int
+    latent_shape: tuple  # (h, w, channels) of one example's latents
+    num_train_timesteps: int = 1000
 
 
 def _per_example_mse(prediction, target):
@@ -40,7 +42,31 @@ def _per_example_mse(prediction, target):
     return ops.mean(ops.square(error), axis=(1, 2, 3))
 
 
-def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, step, settings: LossSettings, text_encoder=None):
+def draw_randomness(batch, step, settings: LossSettings):
+    """VAE-sampling noise, diffusion noise and timesteps for every example of `batch`.
+
+    Drawn outside any XLA-compiled code: XLA generates different numbers from the
+    same stateless keys, so `--jit_compile` would otherwise change the training
+    noise, not just the speed.
+    """
+    positions = batch[features.EXAMPLE_POSITION]
+    streams = _streams(batch)
+
+    def draw(fn, *args):
+        return ops.concatenate([fn(settings.seed, step, positions, s.rng_stream, *args) for s in streams], axis=0)
+
+    return {
+        "vae_noise": draw(example_noise.vae_noise, settings.latent_shape),
+        "noise": draw(example_noise.diffusion_noise, settings.latent_shape),
+        "timesteps": draw(example_noise.timesteps, settings.num_train_timesteps),
+    }
+
+
+def _streams(batch):
+    return [_INSTANCE, _CLASS] if features.CLASS_PIXELS in batch else [_INSTANCE]
+
+
+def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, randomness, settings: LossSettings, text_encoder=None):
     """(loss, {"instance_loss", "prior_loss"}) for this replica, each already / global batch.
 
     `batch` holds this replica's instance (and, with prior preservation, class)
@@ -48,9 +74,9 @@ def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, step, set
     three values are the global-batch means. Instance and class examples go
     through the VAE and the UNet as one batch. With `text_encoder` (trained too)
     the context is encoded from the token ids instead of read from the records.
+    `randomness` comes from `draw_randomness`.
     """
-    positions = batch[features.EXAMPLE_POSITION]
-    streams = [_INSTANCE, _CLASS] if features.CLASS_PIXELS in batch else [_INSTANCE]
+    streams = _streams(batch)
     pixels = ops.concatenate([batch[s.pixels] for s in streams], axis=0)
     if text_encoder is None:
         context = ops.concatenate([batch[s.embedding] for s in streams], axis=0)
@@ -59,20 +85,13 @@ def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, step, set
 
     mean, log_variance = vae_encoder(pixels, training=False)
     mean, log_variance = ops.cast(mean, "float32"), ops.cast(log_variance, "float32")
-    latent_shape = mean.shape[1:]
-
-    def draw(fn, *args):
-        return ops.concatenate([fn(settings.seed, step, positions, s.rng_stream, *args) for s in streams], axis=0)
-
-    vae_noise = draw(example_noise.vae_noise, latent_shape)
-    latents = ops.stop_gradient(sample_latents(mean, log_variance, vae_noise, settings.scaling_factor))
-    noise = draw(example_noise.diffusion_noise, latent_shape)
-    t = draw(example_noise.timesteps, schedule.num_train_timesteps)
+    latents = ops.stop_gradient(sample_latents(mean, log_variance, randomness["vae_noise"], settings.scaling_factor))
+    noise, t = randomness["noise"], randomness["timesteps"]
     noisy = schedule.add_noise(latents, noise, t)
     prediction = unet([noisy, timestep_embedding(t, settings.time_embedding_dim), context], training=True)
     errors = _per_example_mse(prediction, schedule.training_target(latents, noise, t))
 
-    batch_size = ops.shape(positions)[0]
+    batch_size = ops.shape(batch[features.EXAMPLE_POSITION])[0]
     instance_loss = ops.sum(errors[:batch_size]) / settings.global_batch_size
     prior_loss = ops.sum(errors[batch_size:]) / settings.global_batch_size if len(streams) > 1 else tf.zeros([])
     loss = instance_loss + settings.prior_loss_weight * prior_loss

@@ -13,7 +13,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from dbdist.training.loss import LossSettings, dreambooth_loss
+from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 
 
 @dataclasses.dataclass
@@ -40,31 +40,31 @@ class TrainState:
         return [v for variables, _ in self.variable_groups() for v in variables]
 
 
-def micro_batch_gradients(state: TrainState, batch, rng_step, settings: LossSettings = None):
+def micro_batch_gradients(state: TrainState, batch, randomness, settings: LossSettings = None):
     """(gradients, metrics) of one micro-batch on this replica: no communication, so XLA can compile it."""
     variables = state.trainable_variables()
     with tf.GradientTape() as tape:
         loss, terms = dreambooth_loss(
-            state.unet, state.vae_encoder, state.schedule, batch, rng_step, settings, text_encoder=state.text_encoder
+            state.unet, state.vae_encoder, state.schedule, batch, randomness, settings, text_encoder=state.text_encoder
         )
         scaled = loss * state.loss_scale.scale if state.loss_scale is not None else loss
     gradients = tape.gradient(scaled, variables)
     return gradients, {"loss": loss, **terms}
 
 
-def replica_train_step(state: TrainState, batches, max_grad_norm, compute):
+def replica_train_step(state: TrainState, batches, settings: LossSettings, max_grad_norm, compute):
     """Returns this replica's metrics (loss terms already / global batch; sum them over replicas).
 
     `batches` is one batch per micro-step of gradient accumulation;
-    `compute(batch, rng_step)` is `micro_batch_gradients` bound to the state and
+    `compute(batch, randomness)` is `micro_batch_gradients` bound to the state and
     settings, possibly XLA-compiled.
     """
     accum = len(batches)
     gradients, metrics = None, None
     for micro, batch in enumerate(batches):
         # Each micro-batch draws its noise as its own "step", so accumulation keeps keys distinct.
-        rng_step = state.step * accum + micro
-        micro_gradients, micro_metrics = compute(batch, rng_step)
+        randomness = draw_randomness(batch, state.step * accum + micro, settings)
+        micro_gradients, micro_metrics = compute(batch, randomness)
         if gradients is None:
             gradients, metrics = list(micro_gradients), dict(micro_metrics)
         else:
