@@ -14,6 +14,7 @@ WEIGHTS = flags.DEFINE_string(
 )
 RESOLUTION = flags.DEFINE_integer("resolution", None, "Training image size in pixels (multiple of 8); default: the preset's.")
 SEED = flags.DEFINE_integer("seed", 0, "Random seed: tiny's random weights, data order, training noise, sampling noise.")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "Records made by `python -m dbdist.make_tfrecords` (local or gs://).")
 OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where this command writes its results (local or gs://).")
 VOCAB_PATH = flags.DEFINE_string(
     "vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, local or gs://); empty downloads keras-cv's copy."

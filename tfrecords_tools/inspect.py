@@ -8,14 +8,13 @@ counts per kind, bytes per shard and the source images.
 import json
 
 import tensorflow as tf
-from absl import app, flags
+from absl import app
 
+from dbdist import common_flags
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
 from dbdist.data.reader import read_all_examples
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "A directory made by python -m dbdist.make_tfrecords (local or gs://).")
 
 
 def describe(data_dir):
@@ -43,9 +42,8 @@ def describe(data_dir):
 
 def main(argv):
     del argv
-    if not FLAGS.data_dir:
-        raise app.UsageError("--data_dir is required")
-    print(json.dumps(describe(FLAGS.data_dir), indent=2))
+    common_flags.require("data_dir")
+    print(json.dumps(describe(common_flags.DATA_DIR.value), indent=2))
 
 
 if __name__ == "__main__":
