@@ -111,7 +111,7 @@ def save_keras_cv_h5(model, path):
         with h5py.File(tmp, "w") as f:
             f.attrs["layer_names"] = [layer.name.encode("utf8") for layer in layers]
             f.attrs["backend"] = b"tensorflow"
-            f.attrs["keras_version"] = b"3.15.1"
+            f.attrs["keras_version"] = keras.__version__.encode("utf8")
             for layer in layers:
                 group = f.create_group(layer.name)
                 variables = _ordered_weights(layer)
