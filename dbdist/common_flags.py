@@ -3,6 +3,7 @@
 from absl import app, flags
 
 from dbdist.config import MODEL_PRESETS, model_config, with_resolution
+from dbdist.training.strategy import STRATEGIES
 
 MODEL = flags.DEFINE_enum("model", "tiny", sorted(MODEL_PRESETS), "Model preset: tiny (64 px, random weights, CPU), sd-v1 (SD 1.4/1.5), sd-v2 (SD 2.1).")
 WEIGHTS = flags.DEFINE_string(
@@ -22,6 +23,14 @@ VOCAB_PATH = flags.DEFINE_string(
 UNET_WEIGHTS = flags.DEFINE_string(
     "unet_weights", "", "A UNet .h5 in keras-cv layout (e.g. a DreamBooth export/unet.h5); overrides --weights for the UNet."
 )
+
+# Strategy flags: train replicates the train step, make_tfrecords the class-image sampler.
+STRATEGY = flags.DEFINE_enum("strategy", "one_device", STRATEGIES, "tf.distribute strategy.")
+NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices (mirrored on a laptop).")
+TPU = flags.DEFINE_string("tpu", "local", "With --strategy=tpu: 'local' on a TPU VM, a TPU name, or grpc://host:8470.")
+RANDOM_FLIP = flags.DEFINE_bool(
+    "random_flip", False, "Mirror half the training examples at random (train), and with --cache_latents "
+    "also cache the mirrored image's latents (make_tfrecords).")
 
 
 def require(*names):

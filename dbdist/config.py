@@ -163,8 +163,9 @@ class DataConfig:
     """Where the records are and how batches are drawn from them."""
 
     data_dir: str = ""
-    # Records shuffled per epoch with this buffer (DreamBooth sets are small).
-    shuffle_buffer: int = 1024
+    # Augmentation at training time, keyed by (seed, step, example) (dbdist/data/augment.py).
+    random_flip: bool = False
+    center_crop: bool = True  # False: random square crops of pixel records
 
 
 @dataclasses.dataclass(frozen=True)

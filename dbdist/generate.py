@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from dbdist import common_flags
 from dbdist.config import model_config, with_resolution
 from dbdist.data import images
+from dbdist.gcs_paths import check_buckets
 from dbdist.sampling import Sampler
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.training.metrics_log import format_duration
@@ -62,6 +63,8 @@ def _model_and_weights():
 def main(argv):
     del argv
     common_flags.require("prompt", "output_dir")
+    check_buckets(output_dir=FLAGS.output_dir, run_dir=FLAGS.run_dir, weights=FLAGS.weights,
+                  unet_weights=FLAGS.unet_weights, vocab_path=FLAGS.vocab_path)
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
         raise ValueError(f"--num_images and --batch_size must be >= 1, got {FLAGS.num_images}, {FLAGS.batch_size}")
     model, weights_dir, files, init_seed = _model_and_weights()

@@ -2,107 +2,200 @@
 
 How to run (tiny demo):
   python -m dbdist.make_tfrecords --instance_dir=imgs/sks --instance_prompt="a photo of sks ball" \
-      --class_dir=imgs/ball --class_prompt="a photo of ball" --output_dir=/tmp/db/records --model=tiny
-What to expect: `instance-*.tfrecord`, `class-*.tfrecord` and, written last, `manifest.json`.
-Each distinct prompt is encoded once by the preset's text encoder and stored
-with every example, so training never runs the text encoder.
+      --class_dir=imgs/ball --class_prompt="a photo of ball" --num_class_images=8 \
+      --output_dir=/tmp/db/records --model=tiny
+Several subjects: --concepts_file=concepts.json (see dbdist/data/concepts.py).
+What to expect: missing class images drawn into --class_dir first (on every replica
+of --strategy; a rerun draws only what is missing), then `instance-*.tfrecord`,
+`class-*.tfrecord` and, written last, `manifest.json`. Prompts (or sidecar .txt
+captions) are encoded by the preset's text encoder and stored with every example,
+so training never runs the text encoder; with --cache_latents the VAE posterior is
+stored too, so training skips the VAE.
 """
 
-import os
-
-import numpy as np
 from absl import app, flags, logging
 
 import dbdist
 from dbdist import common_flags
 from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig
-from dbdist.data import features, images, writer
-from dbdist.data.manifest import Manifest, write_manifest
+from dbdist.data import concepts as concepts_lib
+from dbdist.data import features, writer
+from dbdist.data.manifest import ConceptCounts, Manifest, write_manifest
+from dbdist.gcs_paths import check_buckets
+from dbdist.data.record_pipeline import EncodeSettings, Progress, RecordPipeline, Source
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.weights.pretrained import load_networks
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("instance_dir", None, "Folder of the subject's photos (jpg/png/webp/bmp), local or gs://.")
+flags.DEFINE_string("instance_dir", None, "Folder of the subject's photos (jpg/png/webp/bmp, optional .txt captions), local or gs://.")
 flags.DEFINE_string("instance_prompt", None, 'Prompt naming the subject, e.g. "a photo of sks dog".')
 flags.DEFINE_string("class_dir", "", "Folder of class images for prior preservation; empty trains on instance images only.")
 flags.DEFINE_string("class_prompt", "", 'Prompt of the class, e.g. "a photo of dog"; required with --class_dir.')
-flags.DEFINE_integer("num_shards", 1, "Shards per kind (instance, class); capped at the number of images.")
+flags.DEFINE_string("concepts_file", "", "JSON list of {instance_dir, instance_prompt, class_dir, class_prompt[, num_class_images]} "
+                    "for several subjects; replaces the four flags above.")
+flags.DEFINE_integer("num_class_images", 0, "Top each class folder up to this many images drawn by the base model (0: use what is there).")
+flags.DEFINE_integer("class_num_steps", 50, "DDIM steps per class image.")
+flags.DEFINE_float("class_guidance_scale", 7.5, "Classifier-free guidance of the class images.")
+flags.DEFINE_integer("class_batch_size", 4, "Class images drawn per sampler call over all replicas (a multiple of the replicas).")
+flags.DEFINE_bool("cache_latents", False, "Store each image's VAE mean and log-variance (of the centre crop) so training skips the VAE.")
+flags.DEFINE_integer("min_size", 0, "Reject images whose shorter side is under this many pixels; 0 upscales small images with a warning.")
+flags.DEFINE_float("max_shard_mb", 256.0, "Start a new shard when one would exceed this many MB.")
+flags.DEFINE_integer("num_decode_threads", 0, "Threads that read, decode and resize images (0: one per CPU).")
 
 
-def _check_flags():
+def _concepts():
+    if FLAGS.concepts_file:
+        given = [name for name in ("instance_dir", "instance_prompt", "class_dir", "class_prompt") if FLAGS[name].value]
+        if given:
+            raise app.UsageError(f"--concepts_file replaces {', '.join('--' + n for n in given)}; give one or the other")
+        return concepts_lib.read_concepts_file(FLAGS.concepts_file, FLAGS.num_class_images)
+    common_flags.require("instance_dir", "instance_prompt")
     if not FLAGS.instance_prompt.strip():
-        raise ValueError("--instance_prompt is empty; expected a prompt naming the subject, e.g. 'a photo of sks dog'")
+        raise ValueError("--instance_prompt is blank; expected a prompt naming the subject, e.g. 'a photo of sks dog'")
     if FLAGS.class_dir and not FLAGS.class_prompt.strip():
         raise ValueError(f"--class_dir={FLAGS.class_dir} needs --class_prompt (e.g. 'a photo of dog')")
     if FLAGS.class_prompt and not FLAGS.class_dir:
         raise ValueError("--class_prompt was given without --class_dir")
-    if FLAGS.num_shards < 1:
-        raise ValueError(f"--num_shards must be >= 1, got {FLAGS.num_shards}")
+    concept = concepts_lib.Concept(FLAGS.instance_dir, FLAGS.instance_prompt, FLAGS.class_dir, FLAGS.class_prompt,
+                                   FLAGS.num_class_images if FLAGS.class_dir else 0)
+    if FLAGS.num_class_images and not FLAGS.class_dir:
+        raise ValueError(f"--num_class_images={FLAGS.num_class_images} needs --class_dir (the folder to draw into)")
+    return concepts_lib.check_concepts([concept], "flags")
+
+
+def _check_flags():
+    for name in ("num_class_images", "min_size", "num_decode_threads"):
+        if FLAGS[name].value < 0:
+            raise ValueError(f"--{name} must be >= 0, got {FLAGS[name].value}")
+    if FLAGS.class_num_steps < 1 or FLAGS.class_batch_size < 1:
+        raise ValueError(f"--class_num_steps and --class_batch_size must be >= 1, got "
+                         f"{FLAGS.class_num_steps}, {FLAGS.class_batch_size}")
+    if FLAGS.max_shard_mb <= 0:
+        raise ValueError(f"--max_shard_mb must be > 0, got {FLAGS.max_shard_mb}")
     model = common_flags.selected_model_config()
     # The same checks training will make, so bad settings fail before any work.
     RunConfig(model, DataConfig(), OptimConfig(), TrainConfig(), RuntimeConfig()).validate()
     return model
 
 
-def _load_all(paths, resolution, kind_name):
-    logging.info("reading %d %s images", len(paths), kind_name)
-    return [images.load_image(path, resolution) for path in paths]
+def _draw_class_images(model, concepts, tokenizer):
+    """Stage 2: fills the class folders that lack images; returns False on non-chief workers."""
+    from dbdist import class_images
+    from dbdist.sampling import Sampler
+    from dbdist.training.strategy import is_chief, make_strategy
+
+    settings = class_images.ClassImageSettings(
+        num_steps=FLAGS.class_num_steps, guidance_scale=FLAGS.class_guidance_scale,
+        global_batch=FLAGS.class_batch_size, seed=FLAGS.seed)
+    # One job per class folder (concepts may share one, with one prompt).
+    jobs = {}
+    for c in concepts:
+        key = c.class_dir.rstrip("/")
+        if c.num_class_images and c.num_class_images > getattr(jobs.get(key), "num_class_images", 0):
+            jobs[key] = c
+    todo = [j for j in jobs.values() if class_images.plan(j.class_dir, j.class_prompt, j.num_class_images, settings, model.preset)]
+    if not todo and FLAGS.strategy != "multi_worker":
+        return True
+    strategy = make_strategy(FLAGS.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
+    if settings.global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"--class_batch_size {settings.global_batch} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas; use a multiple of {strategy.num_replicas_in_sync}")
+    if todo:
+        with strategy.scope():
+            networks = load_networks(model, ("unet", "vae_decoder", "text_encoder"), FLAGS.weights, seed=FLAGS.seed)
+        sampler = class_images.DistributedSampler(strategy, model, networks, settings)
+        encode = Sampler(model, networks, tokenizer).encode
+        for job in todo:
+            class_images.fill_class_dir(sampler, job, encode, preset=model.preset)
+    _barrier(strategy)  # every worker's images are in place before the chief reads the folders
+    return is_chief(strategy)
+
+
+def _barrier(strategy):
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
 def main(argv):
     del argv
-    common_flags.require("instance_dir", "instance_prompt", "output_dir")
+    # Stage 1: everything that can fail on bad input, before anything is drawn or written.
+    common_flags.require("output_dir")
+    check_buckets(output_dir=FLAGS.output_dir, concepts_file=FLAGS.concepts_file, weights=FLAGS.weights,
+                  vocab_path=FLAGS.vocab_path)
     model = _check_flags()
-    kinds = [("instance", features.KIND_INSTANCE, FLAGS.instance_dir, FLAGS.instance_prompt)]
-    if FLAGS.class_dir:
-        kinds.append(("class", features.KIND_CLASS, FLAGS.class_dir, FLAGS.class_prompt))
-
-    # Everything that can fail on bad input happens before anything is written.
+    concepts = _concepts()
+    for c in concepts:
+        check_buckets(instance_dir=c.instance_dir, class_dir=c.class_dir)
     tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
     max_length = model.text_encoder.max_length
-    token_ids = {prompt: tokenizer.tokenize(prompt, max_length) for _, _, _, prompt in kinds}
-    sources = {name: images.list_images(folder) for name, _, folder, _ in kinds}
-    pixels = {name: _load_all(paths, model.resolution, name) for name, paths in sources.items()}
+    for c in concepts:
+        for prompt in (c.instance_prompt, c.class_prompt):
+            tokenizer.tokenize(prompt, max_length)
+    instance_lists = [concepts_lib.list_examples(c.instance_dir, c.instance_prompt) for c in concepts]
 
-    text_encoder = load_networks(model, ("text_encoder",), FLAGS.weights, seed=FLAGS.seed).text_encoder
-    prompts = list(token_ids)
-    encoded = text_encoder.predict_on_batch(np.stack([token_ids[p] for p in prompts]))
-    embeddings = {p: np.asarray(e, dtype=np.float32) for p, e in zip(prompts, encoded)}
-    logging.info("encoded %d distinct prompt(s) with the %s text encoder", len(prompts), model.preset)
+    # Stage 2: class images (the base model on every replica of --strategy).
+    if not _draw_class_images(model, concepts, tokenizer):
+        logging.info("worker done: class images drawn; the chief writes the records")
+        return
+    class_lists = [concepts_lib.list_examples(c.class_dir, c.class_prompt) if c.has_class else [] for c in concepts]
 
+    # Stage 3: sources and token ids (a caption too long fails here, naming it).
+    sources = {"instance": [], "class": []}
+    for i, (inst, cls) in enumerate(zip(instance_lists, class_lists)):
+        sources["instance"] += [Source(p, prompt, features.KIND_INSTANCE, i) for p, prompt in inst]
+        sources["class"] += [Source(p, prompt, features.KIND_CLASS, i) for p, prompt in cls]
+    token_ids = {}
+    for s in sources["instance"] + sources["class"]:
+        if s.prompt not in token_ids:
+            try:
+                token_ids[s.prompt] = tokenizer.tokenize(s.prompt, max_length)
+            except ValueError as err:
+                raise ValueError(f"{s.path}: {err}") from err
+
+    # Stage 4: records, streamed into bounded shards; the manifest last.
+    networks = ("text_encoder", "vae_encoder") if FLAGS.cache_latents else ("text_encoder",)
+    models = load_networks(model, networks, FLAGS.weights, seed=FLAGS.seed)
+    settings = EncodeSettings(
+        resolution=model.resolution, cache_latents=FLAGS.cache_latents, random_flip=FLAGS.random_flip,
+        min_size=FLAGS.min_size, workers=FLAGS.num_decode_threads)
+    pipeline = RecordPipeline(settings, token_ids, models.text_encoder, models.vae_encoder if FLAGS.cache_latents else None)
     writer.remove_stale_outputs(FLAGS.output_dir)
+    total = len(sources["instance"]) + len(sources["class"])
+    progress = Progress(total, "records")
     shards = {}
-    for name, kind, _, prompt in kinds:
-        records = [
-            features.serialize_example(
-                image=image,
-                prompt=prompt,
-                token_ids=token_ids[prompt],
-                embedding=embeddings[prompt],
-                kind=kind,
-                index=i,
-                source=os.path.basename(path),
-            )
-            for i, (image, path) in enumerate(zip(pixels[name], sources[name]))
-        ]
-        shards[name] = writer.write_shards(FLAGS.output_dir, name, records, FLAGS.num_shards)
+    try:
+        for kind_name in ("instance", "class"):
+            shards[kind_name] = pipeline.write(FLAGS.output_dir, kind_name, sources[kind_name],
+                                               int(FLAGS.max_shard_mb * 2**20), progress)
+    except BaseException:
+        writer.remove_stale_outputs(FLAGS.output_dir)  # no partial set of shards is left behind
+        raise
+    finally:
+        pipeline.close()
+    counts = [ConceptCounts(instance_prompt=c.instance_prompt, class_prompt=c.class_prompt, instance_dir=c.instance_dir,
+                            class_dir=c.class_dir, num_instance=len(inst), num_class=len(cls))
+              for c, inst, cls in zip(concepts, instance_lists, class_lists)]
+    latent_shape = (model.latent_size, model.latent_size, model.vae.latent_channels) if FLAGS.cache_latents else ()
     manifest = Manifest(
         preset=model.preset,
         resolution=model.resolution,
         embedding_shape=model.embedding_shape,
         max_length=max_length,
-        num_instance=len(pixels["instance"]),
-        num_class=len(pixels.get("class", ())),
-        instance_prompt=FLAGS.instance_prompt,
-        class_prompt=FLAGS.class_prompt,
+        record_format=features.LATENTS if FLAGS.cache_latents else features.PIXELS,
+        latent_shape=latent_shape,
+        flipped_latents=bool(FLAGS.cache_latents and FLAGS.random_flip),
+        concepts=tuple(counts),
+        num_instance=len(sources["instance"]),
+        num_class=len(sources["class"]),
         instance_shards=shards["instance"],
-        class_shards=shards.get("class", ()),
+        class_shards=shards["class"],
         created_by=f"dbdist {dbdist.__version__} make_tfrecords",
     )
     write_manifest(FLAGS.output_dir, manifest)  # last: its presence marks the directory complete
-    logging.info(
-        "wrote %d instance and %d class records to %s", manifest.num_instance, manifest.num_class, FLAGS.output_dir
-    )
+    logging.info("wrote %d instance and %d class %s records (%d concept(s)) to %s", manifest.num_instance,
+                 manifest.num_class, manifest.record_format, len(concepts), FLAGS.output_dir)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,13 @@ from absl import app, flags, logging
 
 from dbdist import common_flags
 from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig
+from dbdist.data.augment import Augmentation
 from dbdist.data.manifest import check_compatible, read_manifest
 from dbdist.data.writer import write_bytes_atomically
 from dbdist.diffusion import NoiseSchedule
+from dbdist.gcs_paths import check_buckets
 from dbdist.plots import plot_loss_curve
+from dbdist.training import cloud_env
 from dbdist.training import input as train_input
 from dbdist.training.checkpointing import Checkpoints, check_resume_compatible
 from dbdist.training.loop import make_train_loop
@@ -40,9 +43,6 @@ from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 from dbdist.weights.pretrained import load_networks
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("strategy", "one_device", STRATEGIES, "tf.distribute strategy.")
-flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices (mirrored on a laptop).")
-flags.DEFINE_string("tpu", "local", "With --strategy=tpu: 'local' on a TPU VM, a TPU name, or grpc://host:8470.")
 flags.DEFINE_integer("max_train_steps", 400, "Optimisation steps.")
 flags.DEFINE_integer("global_batch_size", 1, "Instance examples per step over all replicas; each is paired with one class example.")
 flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches of --global_batch_size summed into one optimizer step.")
@@ -62,6 +62,9 @@ flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps 
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
 flags.DEFINE_integer("validation_every", 0, "Draw --validation_prompt images every this many steps (0: never).")
 flags.DEFINE_string("validation_prompt", "", "Prompt of the validation images.")
+flags.DEFINE_bool(
+    "center_crop", True, "Crop the centre of each stored image; --nocenter_crop takes a random square instead "
+    "(pixel records only: cached latents are of the centre crop).")
 
 
 def _run_config(model):
@@ -70,7 +73,7 @@ def _run_config(model):
         mixed_precision = "bf16"  # TPUs compute in bf16 natively
     return RunConfig(
         model=model,
-        data=DataConfig(data_dir=FLAGS.data_dir),
+        data=DataConfig(data_dir=FLAGS.data_dir, random_flip=FLAGS.random_flip, center_crop=FLAGS.center_crop),
         optim=OptimConfig(
             learning_rate=FLAGS.learning_rate,
             weight_decay=FLAGS.weight_decay,
@@ -108,10 +111,12 @@ def _set_precision(mixed_precision):
     keras.mixed_precision.set_dtype_policy(policy)
 
 
-def _build_state(config, strategy):
+def _build_state(config, strategy, need_vae_encoder=True):
     """Models, optimizers, step and loss scale, all inside the strategy's scope."""
     train = config.train
-    networks = ("unet", "vae_encoder", "text_encoder") if train.train_text_encoder else ("unet", "vae_encoder")
+    # Cached latents make the VAE encoder unnecessary: it is not even built.
+    networks = ("unet",) + (("vae_encoder",) if need_vae_encoder else ()) + (
+        ("text_encoder",) if train.train_text_encoder else ())
     total_steps = train.max_train_steps
     with strategy.scope():
         # Weights come from (1) the latest checkpoint, restored later over these, else
@@ -124,10 +129,11 @@ def _build_state(config, strategy):
             seed=train.seed,
             files={"unet": FLAGS.unet_weights} if FLAGS.unet_weights else None,
         )
-        models.vae_encoder.trainable = False  # frozen: it only encodes the images
+        if need_vae_encoder:
+            models.vae_encoder.trainable = False  # frozen: it only encodes the images
         state = TrainState(
             unet=models.unet,
-            vae_encoder=models.vae_encoder,
+            vae_encoder=models.vae_encoder if need_vae_encoder else None,
             optimizer=build_optimizer(config.optim, total_steps=total_steps),
             schedule=NoiseSchedule(config.model.schedule),
             step=tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step"),
@@ -180,7 +186,10 @@ def _trim_metrics(output_dir, step):
 
 def main(argv):
     del argv
+    cloud_env.default_output_dir(FLAGS, os.environ)  # on Vertex AI: the folder of AIP_CHECKPOINT_DIR
     common_flags.require("data_dir", "output_dir")
+    check_buckets(data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir, weights=FLAGS.weights,
+                  unet_weights=FLAGS.unet_weights, vocab_path=FLAGS.vocab_path)
     # Stage 1: config, checked against the records before anything starts.
     manifest = read_manifest(FLAGS.data_dir)
     model = common_flags.selected_model_config(FLAGS.resolution or manifest.resolution)
@@ -193,12 +202,12 @@ def main(argv):
     _set_precision(config.runtime.mixed_precision)
 
     # Stage 2: strategy (built once; everything with variables goes in its scope).
-    strategy = make_strategy(config.runtime.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
+    strategy = make_strategy(config.runtime.strategy, common_flags.NUM_CPU_DEVICES.value, common_flags.TPU.value)
     chief = is_chief(strategy)
     train_input.per_replica_batch_size(train.global_batch_size, strategy.num_replicas_in_sync)
 
     # Stage 3: models and optimizers. Stage 4: restore (resume first, see _build_state).
-    state = _build_state(config, strategy)
+    state = _build_state(config, strategy, need_vae_encoder=manifest.record_format != "latents")
     checkpoints = Checkpoints(strategy, train.output_dir, state, train.keep_checkpoints)
     if _prepare_output_dir(config, checkpoints, chief):
         checkpoints.restore_latest()
@@ -206,15 +215,19 @@ def main(argv):
     if chief:
         _trim_metrics(train.output_dir, start_step)
     logging.info(
-        "%s training: %d instance, %d class records; step %d of %d",
+        "%s training on %s records (%s): %d instance, %d class records in %d concept(s); step %d of %d",
         "prior-preservation" if manifest.num_class else "instance-only",
-        manifest.num_instance, manifest.num_class, start_step, train.max_train_steps,
+        manifest.record_format,
+        "cached VAE latents, the VAE encoder is skipped" if manifest.record_format == "latents"
+        else "pixels, encoded by the frozen VAE every step",
+        manifest.num_instance, manifest.num_class, len(manifest.concepts), start_step, train.max_train_steps,
     )
 
     # Stage 5: data, from the restored step's position.
     dataset = train_input.distributed_dataset(
         strategy, FLAGS.data_dir, manifest, global_batch=train.global_batch_size, seed=train.seed,
         start_step=start_step * train.grad_accum_steps,
+        augmentation=Augmentation(random_flip=config.data.random_flip, center_crop=config.data.center_crop),
     )
     settings = LossSettings(
         global_batch_size=train.global_batch_size * train.grad_accum_steps,

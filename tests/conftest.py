@@ -49,6 +49,19 @@ def records_dir(tmp_path_factory, sample_images, vocab_path):
         class_prompt="a photo of ball",
         output_dir=out,
         vocab_path=vocab_path,
-        num_shards=2,
+        max_shard_mb=0.025,  # 1-2 records a shard: several shards per kind, as large sets have
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A started local GCS (tests/gcs_emulator.py) for commands run with gcs_emulator.run(argv).
+
+    Where it cannot run (not root, no `unshare`, port 443 taken, package missing) this errors:
+    tests that need gs:// fail rather than skip.
+    """
+    from gcs_emulator import GcsEmulator
+
+    with GcsEmulator() as emulator:
+        yield emulator

@@ -47,8 +47,8 @@ def test_corrupt_or_truncated_image_is_named(instance_copy, tmp_path, vocab_path
 
 
 def test_non_image_file_is_named(instance_copy, tmp_path, vocab_path):
-    (instance_copy / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="notes.txt"):
+    (instance_copy / "notes.json").write_text("hello")
+    with pytest.raises(ValueError, match="notes.json"):
         _make(instance_copy, tmp_path / "out", vocab_path)
     _assert_nothing_complete(tmp_path / "out")
 

@@ -40,8 +40,8 @@ def test_list_images_sorted_case_insensitive_skips_hidden_and_subdirs(tmp_path):
 
 def test_list_images_names_non_image_file(tmp_path):
     _save(_solid((4, 4), RED), tmp_path / "a.png")
-    (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match=r"notes\.txt.*\.jpg/\.jpeg/\.png/\.webp/\.bmp"):
+    (tmp_path / "notes.json").write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.json.*\.jpg/\.jpeg/\.png/\.webp/\.bmp"):
         images.list_images(tmp_path)
 
 

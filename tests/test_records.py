@@ -14,6 +14,7 @@ from dbdist.data import features, manifest as manifest_lib, reader, writer
 RES = 8
 EMB = (77, 4)
 NUM_INSTANCE, NUM_CLASS = 3, 5
+LAYOUT = features.RecordLayout(RES, EMB)
 
 
 def _example(kind, index, seed=0):
@@ -33,10 +34,12 @@ def _make_data_dir(path, num_instance=NUM_INSTANCE, num_class=NUM_CLASS, num_sha
         name = features.KIND_NAMES[kind]
         records = [features.serialize_example(**_example(kind, i)) for i in range(count)]
         shards[name] = writer.write_shards(path, name, records, num_shards)
+    concept = manifest_lib.ConceptCounts(
+        instance_prompt="a photo of sks ball", class_prompt="a photo of a ball" if num_class else "",
+        instance_dir="sks", class_dir="ball" if num_class else "", num_instance=num_instance, num_class=num_class)
     m = manifest_lib.Manifest(
-        preset="tiny", resolution=RES, embedding_shape=EMB, max_length=EMB[0],
-        num_instance=num_instance, num_class=num_class, instance_prompt="a photo of sks ball",
-        class_prompt="a photo of a ball" if num_class else "", instance_shards=shards["instance"],
+        preset="tiny", resolution=RES, embedding_shape=EMB, max_length=EMB[0], concepts=(concept,),
+        num_instance=num_instance, num_class=num_class, instance_shards=shards["instance"],
         class_shards=shards["class"], created_by="dbdist test")
     manifest_lib.write_manifest(path, m)
     return str(path), m
@@ -57,36 +60,51 @@ def instance_only_dir(tmp_path_factory):
 def test_round_trip_exact_eager_and_in_tf_data():
     ex = _example(features.KIND_CLASS, 4)
     record = features.serialize_example(**ex)
-    decoded = features.decode_example(record, resolution=RES, embedding_shape=EMB)
+    decoded = features.decode_example(record, LAYOUT)
     np.testing.assert_array_equal(decoded["image"].numpy(), ex["image"])  # PNG is lossless
     assert decoded["prompt"].numpy().decode() == ex["prompt"]
     assert decoded["source"].numpy().decode() == ex["source"]
-    parse = lambda x: features.parse_example(x, resolution=RES, embedding_shape=EMB)
-    for parsed in (parse(record), next(iter(tf.data.Dataset.from_tensors(record).map(parse)))):
-        assert parsed["pixels"].shape == (RES, RES, 3) and parsed["pixels"].dtype == tf.float32
-        # Only float rounding separates pixels from image / 127.5 - 1.
-        np.testing.assert_allclose(parsed["pixels"].numpy(), ex["image"] / 127.5 - 1.0, atol=1e-6)
+    decode = lambda x: features.decode_example(x, LAYOUT)
+    for parsed in (decode(record), next(iter(tf.data.Dataset.from_tensors(record).map(decode)))):
+        np.testing.assert_array_equal(parsed["image"].numpy(), ex["image"])
         np.testing.assert_array_equal(parsed["embedding"].numpy(), ex["embedding"])
         np.testing.assert_array_equal(parsed["token_ids"].numpy(), ex["token_ids"])
         assert parsed["token_ids"].dtype == tf.int32
         assert (int(parsed["kind"]), int(parsed["index"]), int(parsed["concept"])) == (1, 4, 0)
 
 
-def test_parse_static_shapes_in_tf_data():
+def test_decode_static_shapes_in_tf_data():
     ds = tf.data.Dataset.from_tensors(features.serialize_example(**_example(0, 0))).map(
-        lambda x: features.parse_example(x, resolution=RES, embedding_shape=EMB))
+        lambda x: features.decode_example(x, LAYOUT))
     spec = ds.element_spec
-    assert spec["pixels"].shape == (RES, RES, 3)
     assert spec["embedding"].shape == EMB and spec["token_ids"].shape == (EMB[0],)
     assert spec["kind"].shape == () and spec["kind"].dtype == tf.int32
 
 
-def test_parse_wrong_resolution_or_width_fails():
+def test_decode_wrong_resolution_or_width_fails():
     record = features.serialize_example(**_example(0, 0))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[8,8,3\].*\[16,16,3\]"):
-        features.parse_example(record, resolution=16, embedding_shape=EMB)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        features.parse_example(record, resolution=RES, embedding_shape=(77, 8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"shorter side to be 16 px"):
+        features.decode_example(record, features.RecordLayout(16, EMB))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="text_embedding: expected 616 float32"):
+        features.decode_example(record, features.RecordLayout(RES, (77, 8)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="latent_(mean|logvar).*is required"):
+        features.decode_example(record, features.RecordLayout(RES, EMB, "latents", (1, 1, 4)))
+
+
+def test_latent_records_round_trip_with_flips():
+    rng = np.random.default_rng(0)
+    mean, logvar, fmean, flogvar = (rng.standard_normal((2, 2, 4)).astype(np.float32) for _ in range(4))
+    ex = {k: v for k, v in _example(0, 1).items() if k != "image"}
+    layout = features.RecordLayout(RES, EMB, "latents", (2, 2, 4), flipped_latents=True)
+    got = features.decode_example(features.serialize_example(
+        **ex, latents=(mean, logvar), flipped_latents=(fmean, flogvar)), layout)
+    for key, want in ((features.LATENT_MEAN, mean), (features.LATENT_LOGVAR, logvar),
+                      (features.LATENT_MEAN_FLIPPED, fmean), (features.LATENT_LOGVAR_FLIPPED, flogvar)):
+        np.testing.assert_array_equal(got[key].numpy(), want)
+    assert "image" not in got
+    unflipped = features.serialize_example(**ex, latents=(mean, logvar))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="latent_(mean|logvar)_flipped"):
+        features.decode_example(unflipped, layout)  # the manifest promised flipped latents
 
 
 @pytest.mark.parametrize("change, message", [
@@ -96,6 +114,7 @@ def test_parse_wrong_resolution_or_width_fails():
     (dict(embedding=np.zeros((1,) + EMB, np.float32)), r"embedding must be float32.*\(1, 77, 4\)"),
     (dict(token_ids=np.zeros(76, np.int64)), r"token_ids .*\(77,\).*\(76,\)"),
     (dict(kind=2), "kind must be 0 .* got 2"),
+    (dict(latents=(np.zeros((2, 2, 4), np.float32),) * 2), "either `image`"),
 ])
 def test_serialize_rejects_bad_inputs(change, message):
     with pytest.raises(ValueError, match=message):
@@ -172,7 +191,10 @@ def test_manifest_missing(tmp_path):
     (lambda f: "{not json", ValueError, r"manifest.json: invalid JSON"),
     (lambda f: [f.pop("resolution"), f.pop("created_by")], ValueError,
      r"missing fields created_by, resolution"),
-    (lambda f: f.update(format_version=2), ValueError, r"format_version 2 is not supported.*version 1"),
+    (lambda f: f.update(format_version=1), ValueError, r"format_version 1 is not supported.*version 2"),
+    (lambda f: f.update(concepts=[]), ValueError, r"at least one concept"),
+    (lambda f: f.update(num_instance=2), ValueError, r"concepts hold 1 instance"),
+    (lambda f: f.update(record_format="jpeg"), ValueError, r"record_format must be one of"),
     (lambda f: f.update(instance_shards=["instance-9.tfrecord"]), FileNotFoundError,
      r"shards that do not exist .*: instance-9.tfrecord"),
     (lambda f: f.update(embedding_shape=[77, 4, 1]), ValueError, r"embedding_shape must be"),
@@ -266,7 +288,9 @@ def test_each_epoch_is_a_permutation_and_epochs_differ(data_dir):
     epochs = [tuple(inst[e * NUM_INSTANCE:(e + 1) * NUM_INSTANCE]) for e in range(10)]
     assert all(sorted(e) == list(range(NUM_INSTANCE)) for e in epochs)
     assert len(set(epochs)) > 1  # reshuffled each epoch, not one fixed order
-    assert all(sorted(cls[e * NUM_CLASS:(e + 1) * NUM_CLASS]) == list(range(NUM_CLASS)) for e in range(6))
+    # Instance epoch e consumes class-stream positions [3e, 3e + 3): 10 instance epochs
+    # sweep 6 whole class epochs, so each class record is used exactly 6 times.
+    assert np.bincount(cls[:30], minlength=NUM_CLASS).tolist() == [6] * NUM_CLASS
 
 
 def test_deterministic_and_seed_dependent(data_dir):
@@ -311,6 +335,7 @@ def test_reader_rejects_bad_arguments_and_mismatched_shards(data_dir, tmp_path):
         reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=5, seed=0)
     with pytest.raises(ValueError, match=r"replica_id must be in \[0, 2\).*got 2"):
         reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=4, replica_id=2, seed=0)
-    wrong = dataclasses.replace(m, num_class=NUM_CLASS + 1)
+    concepts = (dataclasses.replace(m.concepts[0], num_class=NUM_CLASS + 1),)
+    wrong = dataclasses.replace(m, num_class=NUM_CLASS + 1, concepts=concepts)
     with pytest.raises(ValueError, match=r"class shards hold 5 records.*expects indices 0..5"):
         reader.make_train_dataset(path, wrong, per_replica_batch=2, seed=0)

@@ -25,7 +25,7 @@ def is_image_name(name):
 def list_images(directory):
     """Sorted full paths of the images in `directory` (hidden files and sub-directories skipped).
 
-    Any other file is an error rather than silently skipped: a stray file in an
+    .txt files are captions. Any other file is an error rather than silently skipped: a stray file in an
     instance folder is usually a mistake the user wants to hear about.
     """
     directory = str(directory)
@@ -38,9 +38,11 @@ def list_images(directory):
         path = os.path.join(directory, name)
         if name.startswith(".") or tf.io.gfile.isdir(path):
             continue
+        if name.lower().endswith(".txt"):  # a sidecar caption (dbdist/data/concepts.py)
+            continue
         if not is_image_name(name):
             raise ValueError(f"{path}: not an image file; expected only {_EXPECTED} files "
-                             f"in {directory} (move other files elsewhere)")
+                             f"(and .txt captions) in {directory} (move other files elsewhere)")
         paths.append(path)
     if not paths:
         raise ValueError(f"{directory} contains no images; expected {_EXPECTED} files")
@@ -61,13 +63,21 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def center_square(img, resolution, name=""):
-    """Crops the centred square of a PIL image and resizes it to `resolution` (Lanczos)."""
+def _check_size(img, resolution, name, min_size):
     width, height = img.size
     side = min(width, height)
+    if min_size and side < min_size:
+        raise ValueError(f"{name}: {width}x{height} image is smaller than --min_size={min_size} px "
+                         "(its shorter side); use a larger photo or lower --min_size")
     if side < resolution:
         logging.warning("%s: %dx%d image is smaller than %d px; upscaling it, expect blur",
                         name, width, height, resolution)
+
+
+def center_square(img, resolution):
+    """Crops the centred square of a PIL image and resizes it to `resolution` (Lanczos)."""
+    width, height = img.size
+    side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     img = img.crop((left, top, left + side, top + side))
     if side != resolution:
@@ -75,11 +85,29 @@ def center_square(img, resolution, name=""):
     return img
 
 
-def load_image(path, resolution):
-    """Reads an image file as a (resolution, resolution, 3) uint8 array.
+def shorter_side_to(img, resolution, max_aspect):
+    """Resizes so the shorter side is `resolution` (Lanczos), keeping the aspect ratio up to
+    `max_aspect` (the longer side beyond it is cropped evenly): room for random crops."""
+    width, height = img.size
+    side = min(width, height)
+    longest = int(side * max_aspect)
+    if max(width, height) > longest:  # crop the centre of the longer side first
+        if width > height:
+            left = (width - longest) // 2
+            img = img.crop((left, 0, left + longest, height))
+        else:
+            top = (height - longest) // 2
+            img = img.crop((0, top, width, top + longest))
+        width, height = img.size
+    scale = resolution / side
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size != (width, height):
+        img = img.resize(size, Image.LANCZOS)
+    return img
 
-    EXIF orientation is applied, the centred square is kept, and it is resized with Lanczos.
-    """
+
+def read_image(path):
+    """Reads an image file as an 8-bit RGB PIL image, EXIF orientation applied."""
     path = str(path)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path}: image file does not exist")
@@ -89,11 +117,26 @@ def load_image(path, resolution):
         img = Image.open(io.BytesIO(data))
         img.load()  # decode now, so truncated or corrupt files fail here and name the file
         img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
+        return _to_rgb(img)
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         raise ValueError(f"{path}: cannot decode image ({err}); "
                          "expected a jpg/png/webp/bmp file") from err
-    return np.asarray(center_square(img, resolution, path), dtype=np.uint8)
+
+
+def load_image(path, resolution, *, crop="center", min_size=0, max_aspect=2.0):
+    """Reads an image file as a uint8 (H, W, 3) array.
+
+    crop="center": the centred square, resized to `resolution` (what cached latents
+    use). crop="none": resized so the shorter side is `resolution` (the longer side
+    kept up to `max_aspect`), so training can crop it. An image whose shorter side is
+    under `min_size` is an error; one under `resolution` is upscaled with a warning.
+    """
+    if crop not in ("center", "none"):
+        raise ValueError(f"crop must be 'center' or 'none', got {crop!r}")
+    img = read_image(path)
+    _check_size(img, resolution, str(path), min_size)
+    img = center_square(img, resolution) if crop == "center" else shorter_side_to(img, resolution, max_aspect)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def encode_png(image):

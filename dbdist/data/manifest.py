@@ -11,10 +11,23 @@ import os
 
 import tensorflow as tf
 
-from dbdist.data import writer
+from dbdist.data import features, writer
 
-FORMAT_VERSION = 1
+# 2: concepts, record_format (pixels / cached latents), pixel records keep the aspect ratio.
+FORMAT_VERSION = 2
 MANIFEST_NAME = writer.MANIFEST_NAME
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConceptCounts:
+    """One concept (subject) of a data directory and how many records it has."""
+
+    instance_prompt: str            # default prompt (images may carry their own caption)
+    class_prompt: str               # "" without prior preservation
+    instance_dir: str
+    class_dir: str
+    num_instance: int
+    num_class: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -23,36 +36,63 @@ class Manifest:
 
     format_version: int = FORMAT_VERSION
     preset: str                     # model preset whose text encoder made the embeddings
-    resolution: int                 # side of the square images, in pixels
+    resolution: int                 # side of the square training crops, in pixels
     embedding_shape: tuple          # (max_length, width) of each text embedding
     max_length: int                 # length of token_ids (== embedding_shape[0])
+    record_format: str = features.PIXELS  # "pixels" or "latents" (cached VAE posteriors)
+    latent_shape: tuple = ()        # (h, w, channels) of cached latents
+    flipped_latents: bool = False   # cached latents include the mirrored crop's (made with --random_flip)
+    concepts: tuple = ()            # ConceptCounts, in the order of the records' `concept` field
     num_instance: int
     num_class: int
-    instance_prompt: str
-    class_prompt: str               # "" when there is no class (prior-preservation) data
     instance_shards: tuple          # shard base names, relative to the data directory
     class_shards: tuple
     created_by: str                 # e.g. "dbdist 0.1.0 make_tfrecords"
 
     def __post_init__(self):
-        # JSON gives lists; keep the dataclass hashable and comparable with tuples.
-        for name in ("embedding_shape", "instance_shards", "class_shards"):
+        # JSON gives lists and dicts; keep the dataclass hashable and comparable with tuples.
+        for name in ("instance_shards", "class_shards"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "embedding_shape", tuple(int(d) for d in self.embedding_shape))
+        for name in ("embedding_shape", "latent_shape"):
+            object.__setattr__(self, name, tuple(int(d) for d in getattr(self, name)))
+        concepts = tuple(c if isinstance(c, ConceptCounts) else ConceptCounts(**c) for c in self.concepts)
+        object.__setattr__(self, "concepts", concepts)
         if len(self.embedding_shape) != 2 or self.embedding_shape[0] != self.max_length:
             raise ValueError(f"embedding_shape must be (max_length={self.max_length}, width), "
                              f"got {self.embedding_shape}")
-        if self.resolution < 1:
-            raise ValueError(f"resolution must be >= 1, got {self.resolution}")
+        self.layout  # checks record_format, latent_shape, flipped_latents
         if self.num_instance < 1 or not self.instance_shards:
             raise ValueError(f"a data directory needs instance examples, got num_instance="
                              f"{self.num_instance} in shards {self.instance_shards}")
         if (self.num_class > 0) != bool(self.class_shards):
             raise ValueError(f"num_class={self.num_class} does not match class_shards={self.class_shards}")
+        if not concepts:
+            raise ValueError("a manifest needs at least one concept")
+        totals = (sum(c.num_instance for c in concepts), sum(c.num_class for c in concepts))
+        if totals != (self.num_instance, self.num_class):
+            raise ValueError(f"the concepts hold {totals[0]} instance and {totals[1]} class records; "
+                             f"num_instance={self.num_instance}, num_class={self.num_class}")
+        if self.num_class and any(c.num_class == 0 for c in concepts):
+            raise ValueError("every concept needs class records when any has them (prior preservation "
+                             f"pairs each instance example with a class example of its concept): {concepts}")
+
+    @property
+    def layout(self):
+        """How to decode this directory's records."""
+        return features.RecordLayout(self.resolution, self.embedding_shape, self.record_format,
+                                     self.latent_shape, self.flipped_latents)
 
     @property
     def has_class(self):
         return self.num_class > 0
+
+    @property
+    def instance_prompt(self):
+        return self.concepts[0].instance_prompt
+
+    @property
+    def class_prompt(self):
+        return self.concepts[0].class_prompt
 
     def shards(self, kind_name):
         """Shard base names of 'instance' or 'class'."""
@@ -83,8 +123,8 @@ def read_manifest(data_dir):
         raise ValueError(f"{path}: invalid JSON ({err})") from err
     if not isinstance(fields, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(fields).__name__}")
-    if "format_version" in fields and fields["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {fields['format_version']!r} is not supported; "
+    if fields.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {fields.get('format_version')!r} is not supported; "
                          f"this dbdist reads version {FORMAT_VERSION} (remake the data directory)")
     known = [f.name for f in dataclasses.fields(Manifest)]
     missing = sorted(set(known) - set(fields))

@@ -2,10 +2,14 @@
 
 Each kind is an infinite stream: epoch e is a permutation of its records fixed by
 (seed, kind, e) alone. The global batch at step s holds stream positions
-[s*G, (s+1)*G); replica r takes [s*G + r*B, s*G + (r+1)*B), and the class example
-at position p is paired with the instance example at p. Positions are computed from
-the step number, so a global batch is the same whatever the replica split, and
+[s*G, (s+1)*G); replica r takes [s*G + r*B, s*G + (r+1)*B). The class example at
+position p comes from the class stream of the concept of the instance example at
+p, so each subject is regularised by its own class. Positions are computed from the
+step number, so a global batch is the same whatever the replica split, and
 `start_step` resumes exactly without replaying earlier steps.
+
+Records are held in memory still serialized (PNG or raw latents: about their size on
+disk) and decoded, cropped and flipped per example in parallel as batches are made.
 """
 
 import os
@@ -13,55 +17,86 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from dbdist.data import features
+from dbdist.data import augment, features
 
-_INSTANCE_KEYS = (features.INSTANCE_PIXELS, features.INSTANCE_EMBEDDING, features.INSTANCE_TOKEN_IDS)
-_CLASS_KEYS = (features.CLASS_PIXELS, features.CLASS_EMBEDDING, features.CLASS_TOKEN_IDS)
+_KEYS = {
+    features.KIND_INSTANCE: dict(pixels=features.INSTANCE_PIXELS, mean=features.INSTANCE_LATENT_MEAN,
+                                 logvar=features.INSTANCE_LATENT_LOGVAR, embedding=features.INSTANCE_EMBEDDING,
+                                 token_ids=features.INSTANCE_TOKEN_IDS),
+    features.KIND_CLASS: dict(pixels=features.CLASS_PIXELS, mean=features.CLASS_LATENT_MEAN,
+                              logvar=features.CLASS_LATENT_LOGVAR, embedding=features.CLASS_EMBEDDING,
+                              token_ids=features.CLASS_TOKEN_IDS),
+}
 
 
-def _load_kind(data_dir, manifest, kind_name):
-    """Every record of one kind, decoded, as tensors ordered by their `index` field."""
+class CorruptShardError(ValueError):
+    """A shard that cannot be read or does not match the feature spec (names the shard)."""
+
+
+def _read_shard(path, layout):
+    """All serialized records of one shard, checked against the spec (not yet decoded)."""
+    try:
+        parts = list(tf.data.TFRecordDataset(path).batch(1024))
+        if not parts:
+            return tf.zeros([0], tf.string), {k: np.zeros([0], np.int64) for k in features.ID_SPEC}
+        records = tf.concat(parts, 0)
+        # Every field present with the right length; the heavy bytes are decoded later.
+        tf.io.parse_example(records, features.feature_spec(layout))
+        ids = {k: v.numpy() for k, v in tf.io.parse_example(records, features.ID_SPEC).items()}
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
+        raise CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({err.message.splitlines()[0]}); "
+                                f"run python -m tfrecords_tools.verify --data_dir={os.path.dirname(path)}") from err
+    return records, ids
+
+
+def read_kind(data_dir, manifest, kind_name):
+    """(serialized records ordered by their `index` field, their concept ids) of one kind."""
     paths = [os.path.join(str(data_dir), name) for name in manifest.shards(kind_name)]
     expected = manifest.num_examples(kind_name)
     if not paths:
         raise ValueError(f"{data_dir} has no {kind_name} shards (num_{kind_name}={expected})")
-    decode = lambda x: features.decode_example(
-        x, resolution=manifest.resolution, embedding_shape=manifest.embedding_shape)
-    records = tf.data.TFRecordDataset(paths).map(decode)
-    # DreamBooth sets are small (a few instance images, a few hundred class images), so
-    # everything is decoded once and held in memory as uint8. 'Data at scale' will
-    # revisit this (streaming shards, per-host file sharding) for larger sets.
-    parts = list(records.batch(1024))
-    if not parts:
-        raise ValueError(f"{data_dir}: {kind_name} shards {manifest.shards(kind_name)} hold no "
-                         f"records; the manifest expects {expected}")
-    example = {key: tf.concat([part[key] for part in parts], 0) for key in parts[0]}
-    count = int(example["index"].shape[0])
-    kind_id = features.KIND_NAMES.index(kind_name)
-    order = np.argsort(example["index"].numpy(), kind="stable")
-    if count != expected or not np.array_equal(example["index"].numpy()[order], np.arange(count)):
+    shards = [_read_shard(path, manifest.layout) for path in paths]
+    records = tf.concat([r for r, _ in shards], 0)
+    ids = {k: np.concatenate([i[k] for _, i in shards]) for k in features.ID_SPEC}
+    index, count = ids[features.INDEX], len(ids[features.INDEX])
+    order = np.argsort(index, kind="stable")
+    if count != expected or not np.array_equal(index[order], np.arange(count)):
         raise ValueError(f"{data_dir}: {kind_name} shards hold {count} records with indices "
-                         f"{sorted(example['index'].numpy().tolist())}; the manifest expects "
-                         f"indices 0..{expected - 1}")
-    if not np.all(example["kind"].numpy() == kind_id):
+                         f"{sorted(index.tolist())[:20]}...; the manifest expects indices 0..{expected - 1}")
+    kind_id = features.KIND_NAMES.index(kind_name)
+    if not np.all(ids[features.KIND] == kind_id):
         raise ValueError(f"{data_dir}: {kind_name} shards hold records of another kind "
-                         f"(kind values {sorted(set(example['kind'].numpy().tolist()))}, expected {kind_id})")
-    return {key: tf.gather(value, order) for key, value in example.items()}
+                         f"(kind values {sorted(set(ids[features.KIND].tolist()))}, expected {kind_id})")
+    concepts = ids[features.CONCEPT][order]
+    if count and not 0 <= concepts.min() <= concepts.max() < len(manifest.concepts):
+        raise ValueError(f"{data_dir}: {kind_name} records name concepts {sorted(set(concepts.tolist()))}; "
+                         f"the manifest has {len(manifest.concepts)}")
+    return tf.gather(records, order), concepts
 
 
 def read_all_examples(data_dir, manifest, kind):
-    """Every record of `kind` ('instance'/'class' or its KIND_ id) as numpy, ordered by index.
+    """Every record of `kind` ('instance'/'class' or its KIND_ id) decoded as numpy, ordered by index.
 
-    Keys as `features.decode_example`; "image" is uint8 and "prompt"/"source" are str.
+    Keys as `features.decode_example`; "prompt"/"source" are str. Pixel images are
+    stacked when they share a shape, else kept as an object array.
     """
     kind_name = features.KIND_NAMES[int(kind)] if isinstance(kind, (int, np.integer)) else kind
     if kind_name not in features.KIND_NAMES:
         raise ValueError(f"kind must be one of {features.KIND_NAMES} or 0/1, got {kind!r}")
     if manifest.num_examples(kind_name) == 0:
         raise ValueError(f"{data_dir} has no {kind_name} examples")
-    example = {k: v.numpy() for k, v in _load_kind(data_dir, manifest, kind_name).items()}
-    for key in ("prompt", "source"):
-        example[key] = np.array([b.decode("utf-8") for b in example[key]], dtype=object)
+    records, _ = read_kind(data_dir, manifest, kind_name)
+    decoded = [features.decode_example(r, manifest.layout) for r in records]
+    example = {}
+    for key in decoded[0]:
+        values = [d[key].numpy() for d in decoded]
+        if key in ("prompt", "source"):
+            example[key] = np.array([v.decode("utf-8") for v in values], dtype=object)
+        elif len({np.shape(v) for v in values}) == 1:
+            example[key] = np.stack(values)
+        else:
+            example[key] = np.empty(len(values), dtype=object)
+            example[key][:] = values
     return example
 
 
@@ -82,12 +117,29 @@ def _stream_indices(positions, num_records, kind_seed):
     return tf.gather_nd(perms, tf.stack([epochs - first, offsets], axis=1))
 
 
+def _class_indices(class_positions, concept, class_rows, seed):
+    """Class record of each example: position q of its concept's class stream, i.e.
+    perm(seed, concept, q // n)[q % n] over that concept's n class records."""
+    picks = []
+    for i in range(int(class_positions.shape[0])):  # the per-replica batch: static and small
+        q, pick = class_positions[i], tf.constant(0, tf.int64)
+        for c, rows in enumerate(class_rows):
+            n = len(rows)
+            concept_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), c)
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(concept_seed, q // n))
+            pick = tf.where(tf.equal(concept[i], c), tf.gather(tf.constant(rows, tf.int64), perm[q % n]), pick)
+        picks.append(pick)
+    return tf.stack(picks)
+
+
 def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_batch=None,
-                       replica_id=0, start_step=0):
+                       replica_id=0, start_step=0, augmentation=augment.Augmentation()):
     """Infinite dataset of this replica's share of each global batch (flat dict, see module doc).
 
-    Keys: INSTANCE_PIXELS/EMBEDDING/TOKEN_IDS, CLASS_* when the manifest has class
-    data, and EXAMPLE_POSITION (this replica's positions within the global batch).
+    Keys: INSTANCE_PIXELS (pixel records) or INSTANCE_LATENT_MEAN/LOGVAR (latent
+    records), INSTANCE_EMBEDDING/TOKEN_IDS, the CLASS_* ones when the manifest has
+    class data, and EXAMPLE_POSITION (this replica's positions within the global batch).
     Call it once per replica with that replica's `replica_id` (e.g. from an InputContext).
     """
     batch = int(per_replica_batch)
@@ -100,32 +152,59 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
                          f"{global_batch} and per_replica_batch {batch}, got {replica_id}")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
+    layout = manifest.layout
+    if augmentation.random_flip and layout.record_format == features.LATENTS and not layout.flipped_latents:
+        raise ValueError(f"{data_dir} holds cached latents without their flipped copies; remake it with "
+                         "make_tfrecords --cache_latents --random_flip, or train without --random_flip")
+    if not augmentation.center_crop and layout.record_format == features.LATENTS:
+        raise ValueError(f"{data_dir} holds cached latents of the centre crop; random crops need pixel "
+                         "records (make_tfrecords without --cache_latents), or train with --center_crop")
 
-    streams = [("instance", features.KIND_INSTANCE, _INSTANCE_KEYS)]
+    instance_records, instance_concepts = read_kind(data_dir, manifest, "instance")
+    num_instance = int(instance_records.shape[0])
     if manifest.has_class:
-        streams.append(("class", features.KIND_CLASS, _CLASS_KEYS))
-    # Keep only what training reads (uint8 images, embeddings, ids): these tensors are
-    # captured by the map function below.
-    data = []
-    for kind_name, kind_id, keys in streams:
-        loaded = _load_kind(data_dir, manifest, kind_name)
-        data.append((kind_id, keys, [loaded[k] for k in ("image", "embedding", "token_ids")]))
+        class_records, class_concepts = read_kind(data_dir, manifest, "class")
+        class_rows = [np.flatnonzero(class_concepts == c) for c in range(len(manifest.concepts))]
+        # Rank of each instance record among its concept's, and each concept's instance count:
+        # instance epoch e of concept c consumes class positions [e*n_c, (e+1)*n_c) of c's stream.
+        rank = np.zeros(num_instance, np.int64)
+        for c in range(len(manifest.concepts)):
+            rank[instance_concepts == c] = np.arange(np.sum(instance_concepts == c))
+        per_concept = np.bincount(instance_concepts, minlength=len(manifest.concepts)).astype(np.int64)
     offset = replica_id * batch
     local = tf.range(batch, dtype=tf.int64)
 
-    def make_batch(step):
+    def pick_records(step):
+        """This replica's serialized instance (and paired class) records at `step`."""
         positions = step * global_batch + offset + local
-        out = {features.EXAMPLE_POSITION: tf.cast(offset + local, tf.int32)}
-        for kind_id, (pixels_key, embedding_key, ids_key), (image, embedding, ids) in data:
-            # The kind is folded into the seed so the two streams are shuffled independently.
-            idx = _stream_indices(positions, int(image.shape[0]), tf.constant([seed, kind_id], tf.int64))
-            out[pixels_key] = features.to_pixels(tf.gather(image, idx))
-            out[embedding_key] = tf.gather(embedding, idx)
-            out[ids_key] = tf.gather(ids, idx)
+        idx = _stream_indices(positions, num_instance, tf.constant([seed, 0], tf.int64))
+        out = {"step": tf.fill([batch], step), "position": offset + local,
+               "instance": tf.gather(instance_records, idx)}
+        if manifest.has_class:
+            concept = tf.gather(instance_concepts, idx)
+            class_positions = (positions // num_instance) * tf.gather(per_concept, concept) + tf.gather(rank, idx)
+            out["class"] = tf.gather(class_records, _class_indices(class_positions, concept, class_rows, seed))
         return out
 
-    dataset = tf.data.Dataset.counter(start=start_step, dtype=tf.int64)
-    dataset = dataset.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def decode(element):
+        out = {features.EXAMPLE_POSITION: tf.cast(element["position"], tf.int32)}
+        kinds = [("instance", features.KIND_INSTANCE)] + ([("class", features.KIND_CLASS)] if manifest.has_class else [])
+        for name, kind in kinds:
+            example = features.decode_example(element[name], layout)
+            keys = _KEYS[kind]
+            where = dict(seed=seed, step=element["step"], position=element["position"], stream=kind)
+            if layout.record_format == features.PIXELS:
+                image = augment.augment_pixels(example["image"], layout.resolution, augmentation, **where)
+                out[keys["pixels"]] = features.to_pixels(image)
+            else:
+                out[keys["mean"]], out[keys["logvar"]] = augment.pick_latents(example, augmentation, **where)
+            out[keys["embedding"]] = example["embedding"]
+            out[keys["token_ids"]] = example["token_ids"]
+        return out
+
+    dataset = tf.data.Dataset.counter(start=start_step, dtype=tf.int64).map(pick_records).unbatch()
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch, drop_remainder=True)
     options = tf.data.Options()
     # Sharding across replicas is done above by replica_id; tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -82,6 +82,67 @@ def write_shards(output_dir, kind_name, serialized_examples, num_shards):
     return names
 
 
+class ShardWriter:
+    """Streams serialized records into shards of at most `max_shard_bytes` each.
+
+    Shards are `<kind>-00000.tfrecord`, `<kind>-00001.tfrecord`, ...; each is written
+    under a temporary name and renamed only once closed, so a shard that exists is
+    complete (the directory as a whole is complete only once the manifest is written).
+    Memory stays at one record: nothing is buffered beyond TFRecordWriter's own.
+    """
+
+    def __init__(self, output_dir, kind_name, max_shard_bytes):
+        if not kind_name or "/" in kind_name or kind_name.startswith("."):
+            raise ValueError(f"kind_name must be a plain name such as 'instance', got {kind_name!r}")
+        if max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
+        self.output_dir, self.kind_name, self.max_shard_bytes = str(output_dir), kind_name, int(max_shard_bytes)
+        self.names, self.num_records = [], 0
+        self._out = self._tmp = None
+        self._bytes = 0
+
+    def write(self, record: bytes):
+        # TFRecord framing adds 16 bytes per record (length, two CRCs).
+        size = len(record) + 16
+        if self._out is not None and self._bytes + size > self.max_shard_bytes:
+            self._close_shard()
+        if self._out is None:
+            tf.io.gfile.makedirs(self.output_dir)
+            name = f"{self.kind_name}-{len(self.names):05d}{SHARD_SUFFIX}"
+            self._tmp = temp_path(os.path.join(self.output_dir, name))
+            self._out, self._bytes = tf.io.TFRecordWriter(self._tmp), 0
+            self.names.append(name)
+        self._out.write(record)
+        self._bytes += size
+        self.num_records += 1
+
+    def _close_shard(self):
+        self._out.close()
+        tf.io.gfile.rename(self._tmp, os.path.join(self.output_dir, self.names[-1]), overwrite=True)
+        self._out = self._tmp = None
+
+    def close(self):
+        """Closes the last shard; returns the shard base names, in order."""
+        if self._out is not None:
+            self._close_shard()
+        return tuple(self.names)
+
+    def abort(self):
+        """Drops the shard being written (its temp file); finished shards stay until the next cleanup."""
+        if self._out is not None:
+            self._out.close()
+            if tf.io.gfile.exists(self._tmp):
+                tf.io.gfile.remove(self._tmp)
+            self._out = self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self.abort()
+
+
 def remove_stale_outputs(output_dir):
     """Deletes the manifest, shards and temp files an earlier run left in `output_dir`.
 

@@ -47,27 +47,38 @@ def ddim_sample(
     `on_step(i, n)` is called after each step (progress display).
     """
     latents = ops.convert_to_tensor(noise)
-    batch = ops.shape(latents)[0]
     both_contexts = ops.concatenate([unconditional_context, context], axis=0)
     alphas = schedule.alphas_cumprod
     timesteps = sampling_timesteps(num_steps, schedule.num_train_timesteps)
     for i, t in enumerate(timesteps):
-        t_emb = timestep_embedding(ops.full((2 * batch,), int(t)), time_embedding_dim)
-        output = predict(ops.concatenate([latents, latents], axis=0), t_emb, both_contexts)
-        uncond, cond = output[:batch], output[batch:]
-        output = uncond + guidance_scale * (cond - uncond)
-        a_t = float(alphas[t])
         a_prev = float(alphas[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-        if schedule.config.prediction_type == "v_prediction":
-            pred_x0 = a_t**0.5 * latents - (1 - a_t) ** 0.5 * output
-            eps = a_t**0.5 * output + (1 - a_t) ** 0.5 * latents
-        else:
-            eps = output
-            pred_x0 = (latents - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-        latents = a_prev**0.5 * pred_x0 + (1 - a_prev) ** 0.5 * eps
+        latents = ddim_update(
+            predict, latents, both_contexts, int(t), float(alphas[t]), a_prev, guidance_scale,
+            time_embedding_dim=time_embedding_dim, v_prediction=schedule.config.prediction_type == "v_prediction",
+        )
         if on_step:
             on_step(i + 1, len(timesteps))
     return latents
+
+
+def ddim_update(predict, latents, both_contexts, t, a_t, a_prev, guidance_scale, *, time_embedding_dim, v_prediction):
+    """One guided DDIM step from timestep t (cumulative alpha a_t) to the previous one (a_prev).
+
+    `both_contexts` is [unconditional; conditional] (2B, L, D). t, a_t, a_prev may be
+    Python numbers or scalar tensors (a compiled step then serves every timestep).
+    """
+    batch = ops.shape(latents)[0]
+    t_emb = timestep_embedding(ops.full((2 * batch,), t, dtype="int32"), time_embedding_dim)
+    output = predict(ops.concatenate([latents, latents], axis=0), t_emb, both_contexts)
+    uncond, cond = output[:batch], output[batch:]
+    output = uncond + guidance_scale * (cond - uncond)
+    if v_prediction:
+        pred_x0 = a_t**0.5 * latents - (1 - a_t) ** 0.5 * output
+        eps = a_t**0.5 * output + (1 - a_t) ** 0.5 * latents
+    else:
+        eps = output
+        pred_x0 = (latents - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+    return a_prev**0.5 * pred_x0 + (1 - a_prev) ** 0.5 * eps
 
 
 def pixels_to_uint8(pixels):

@@ -14,7 +14,7 @@ def per_replica_batch_size(global_batch, num_replicas):
     return global_batch // num_replicas
 
 
-def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, start_step=0):
+def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, start_step=0, augmentation=None):
     """A distributed dataset whose replica r gets global-batch positions [r*B, (r+1)*B) each step."""
     replicas = strategy.num_replicas_in_sync
     batch = per_replica_batch_size(global_batch, replicas)
@@ -33,6 +33,7 @@ def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, sta
                 global_batch=global_batch,
                 replica_id=first + j,
                 start_step=start_step,
+                **({"augmentation": augmentation} if augmentation else {}),
             )
             for j in range(local)
         ]

@@ -17,11 +17,15 @@ from dbdist.diffusion import NoiseSchedule, sample_latents, timestep_embedding
 from dbdist.training import example_noise
 
 
-_Stream = collections.namedtuple("_Stream", "pixels embedding token_ids rng_stream")
+_Stream = collections.namedtuple("_Stream", "pixels latent_mean latent_logvar embedding token_ids rng_stream")
 _INSTANCE = _Stream(
-    features.INSTANCE_PIXELS, features.INSTANCE_EMBEDDING, features.INSTANCE_TOKEN_IDS, example_noise.INSTANCE_STREAM
+    features.INSTANCE_PIXELS, features.INSTANCE_LATENT_MEAN, features.INSTANCE_LATENT_LOGVAR,
+    features.INSTANCE_EMBEDDING, features.INSTANCE_TOKEN_IDS, example_noise.INSTANCE_STREAM,
 )
-_CLASS = _Stream(features.CLASS_PIXELS, features.CLASS_EMBEDDING, features.CLASS_TOKEN_IDS, example_noise.CLASS_STREAM)
+_CLASS = _Stream(
+    features.CLASS_PIXELS, features.CLASS_LATENT_MEAN, features.CLASS_LATENT_LOGVAR,
+    features.CLASS_EMBEDDING, features.CLASS_TOKEN_IDS, example_noise.CLASS_STREAM,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +67,17 @@ def draw_randomness(batch, step, settings: LossSettings):
 
 
 def _streams(batch):
-    return [_INSTANCE, _CLASS] if features.CLASS_PIXELS in batch else [_INSTANCE]
+    has_class = features.CLASS_EMBEDDING in batch
+    return [_INSTANCE, _CLASS] if has_class else [_INSTANCE]
+
+
+def _posterior(vae_encoder, batch, streams):
+    """(mean, log-variance) of the VAE posterior: cached in latent records, else encoded now."""
+    if features.INSTANCE_LATENT_MEAN in batch:
+        mean = ops.concatenate([batch[s.latent_mean] for s in streams], axis=0)
+        return mean, ops.concatenate([batch[s.latent_logvar] for s in streams], axis=0)
+    pixels = ops.concatenate([batch[s.pixels] for s in streams], axis=0)
+    return vae_encoder(pixels, training=False)
 
 
 def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, randomness, settings: LossSettings, text_encoder=None):
@@ -72,18 +86,17 @@ def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, randomnes
     `batch` holds this replica's instance (and, with prior preservation, class)
     examples; instance i is paired with class i. Summed over replicas, the
     three values are the global-batch means. Instance and class examples go
-    through the VAE and the UNet as one batch. With `text_encoder` (trained too)
+    through the VAE (skipped for cached latents) and the UNet as one batch. With `text_encoder` (trained too)
     the context is encoded from the token ids instead of read from the records.
     `randomness` comes from `draw_randomness`.
     """
     streams = _streams(batch)
-    pixels = ops.concatenate([batch[s.pixels] for s in streams], axis=0)
     if text_encoder is None:
         context = ops.concatenate([batch[s.embedding] for s in streams], axis=0)
     else:
         context = text_encoder(ops.concatenate([batch[s.token_ids] for s in streams], axis=0), training=True)
 
-    mean, log_variance = vae_encoder(pixels, training=False)
+    mean, log_variance = _posterior(vae_encoder, batch, streams)
     mean, log_variance = ops.cast(mean, "float32"), ops.cast(log_variance, "float32")
     latents = ops.stop_gradient(sample_latents(mean, log_variance, randomness["vae_noise"], settings.scaling_factor))
     noise, t = randomness["noise"], randomness["timesteps"]
