@@ -1,42 +1,94 @@
-"""python -m tfrecords_tools.inspect --data_dir=D: what a record directory holds.
+"""python -m tfrecords_tools.inspect --data_dir=D: what a record directory holds, as JSON.
 
-Prints the manifest's counts, prompts, resolution and embedding shape, then
-reads every record through the same feature spec the trainer uses and prints
-counts per kind, bytes per shard and the source images.
+How to run:
+  python -m tfrecords_tools.inspect --data_dir=gs://bucket/records
+What to expect: the manifest (preset, resolution, record format, latent shape,
+whether flipped latents are cached), each concept's prompts and source folders
+with its record counts as found in the shards beside the manifest's, and per
+kind: records, distinct prompts (captions may differ per image), stored image
+sizes (pixel records) or latent statistics (latent records), and bytes per shard.
+Records are read through the trainer's reader and decoder (`dbdist.data`), one at
+a time; a damaged shard fails naming it (`tfrecords_tools.verify` says which record).
 """
 
+import collections
 import json
+import os
 
+import numpy as np
 import tensorflow as tf
 from absl import app
 
 from dbdist import common_flags
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
-from dbdist.data.reader import read_all_examples
+from dbdist.data.reader import read_kind
 
+# Prompts listed per kind, most frequent first (captioned sets may have one per image).
+MAX_PROMPTS = 20
+
+
+def _describe_kind(data_dir, manifest, kind_name):
+    """Records, prompts, stored shapes and bytes of one kind, and its records per concept."""
+    records, concepts = read_kind(data_dir, manifest, kind_name)
+    prompts = collections.Counter()
+    heights, widths, means = [], [], []
+    for record in records:
+        example = features.decode_example(record, manifest.layout)
+        prompts[example["prompt"].numpy().decode("utf-8")] += 1
+        if "image" in example:
+            heights.append(int(example["image"].shape[0]))
+            widths.append(int(example["image"].shape[1]))
+        else:
+            means.append(example["latent_mean"].numpy())
+    shard_bytes = {name: int(tf.io.gfile.stat(os.path.join(data_dir, name)).length)
+                   for name in manifest.shards(kind_name)}
+    summary = {
+        "records": int(records.shape[0]),
+        "distinct_prompts": len(prompts),
+        "prompts": dict(prompts.most_common(MAX_PROMPTS)),
+    }
+    if heights:
+        summary["image_shapes"] = {"min_height": min(heights), "max_height": max(heights),
+                                   "min_width": min(widths), "max_width": max(widths)}
+    if means:
+        summary["latent_shape"] = list(means[0].shape)
+        summary["latent_mean_stats"] = {"mean": float(np.mean(means)), "std": float(np.std(means))}
+    summary["shard_bytes"] = shard_bytes
+    summary["total_bytes"] = sum(shard_bytes.values())
+    per_concept = np.bincount(concepts, minlength=len(manifest.concepts)).tolist()
+    return summary, per_concept
 
 
 def describe(data_dir):
-    """A JSON-able summary of the directory (also used by tests)."""
+    """A JSON-able summary of the directory (the command prints it; tests read it)."""
+    data_dir = str(data_dir)
     manifest = read_manifest(data_dir)
     summary = {
+        "data_dir": data_dir,
         "preset": manifest.preset,
         "resolution": manifest.resolution,
         "embedding_shape": list(manifest.embedding_shape),
+        "record_format": manifest.record_format,
+        "latent_shape": list(manifest.latent_shape),
+        "flipped_latents": manifest.flipped_latents,
+        "created_by": manifest.created_by,
+        "concepts": [],
         "kinds": {},
+        "total_bytes": 0,
     }
-    for kind in features.KIND_NAMES:
-        shards = manifest.shards(kind)
-        if not shards:
-            continue
-        examples = read_all_examples(data_dir, manifest, kind)
-        summary["kinds"][kind] = {
-            "records": int(len(examples["index"])),
-            "prompts": sorted(set(examples["prompt"])),
-            "sources": list(examples["source"]),
-            "shard_bytes": {s: tf.io.gfile.stat(f"{data_dir}/{s}").length for s in shards},
-        }
+    found = {}
+    for kind_name in features.KIND_NAMES:
+        if manifest.num_examples(kind_name):
+            summary["kinds"][kind_name], found[kind_name] = _describe_kind(data_dir, manifest, kind_name)
+            summary["total_bytes"] += summary["kinds"][kind_name]["total_bytes"]
+    for c, concept in enumerate(manifest.concepts):
+        entry = {"instance_prompt": concept.instance_prompt, "class_prompt": concept.class_prompt,
+                 "instance_dir": concept.instance_dir, "class_dir": concept.class_dir}
+        for kind_name in features.KIND_NAMES:
+            entry[kind_name] = {"manifest": getattr(concept, f"num_{kind_name}"),
+                                "records": found[kind_name][c] if kind_name in found else 0}
+        summary["concepts"].append(entry)
     return summary
 
 

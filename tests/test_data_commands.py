@@ -1,0 +1,232 @@
+"""make_tfrecords' data-at-scale features through the command: concepts and captions,
+class-image generation (resumable, replica-independent), cached latents, image modes,
+and the bad inputs of each."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from absl import app
+from commands import run_command
+from distributed_runs import REPO
+from PIL import Image
+
+from dbdist.config import model_config
+from dbdist.data import features
+from dbdist.data.manifest import read_manifest
+from dbdist.data.reader import CorruptShardError, read_all_examples
+from dbdist.models import build_models
+from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
+
+GENERATED = re.compile(r"class-\d{5}-[0-9a-f]{10}\.png")
+CLASS_FLAGS = dict(class_num_steps=2, class_batch_size=2)
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path), int)
+
+
+def _generated(folder):
+    return sorted(p.name for p in folder.iterdir() if GENERATED.fullmatch(p.name))
+
+
+@pytest.fixture(scope="module")
+def two_concepts(tmp_path_factory, sample_images):
+    """A concepts file: concept 0 has a caption on one image and 2 class images to draw;
+    concept 1 has an empty class folder to fill with 3."""
+    root = tmp_path_factory.mktemp("concepts")
+    shutil.copytree(sample_images[0], root / "sks")
+    shutil.copytree(sample_images[1], root / "ball")
+    (root / "sks" / "instance-001.txt").write_text("a photo of sks ball\n  in the snow ")
+    shutil.copytree(sample_images[0], root / "zzx", ignore=shutil.ignore_patterns("instance-002.png"))
+    concepts = [
+        dict(instance_dir="sks", instance_prompt="a photo of sks ball", class_dir="ball",
+             class_prompt="a photo of ball", num_class_images=6),
+        dict(instance_dir="zzx", instance_prompt="a photo of zzx toy", class_dir="toy", class_prompt="a photo of toy",
+             num_class_images=3),
+    ]
+    (root / "concepts.json").write_text(json.dumps(concepts))
+    return root
+
+
+@pytest.fixture(scope="module")
+def concept_records(two_concepts, vocab_path):
+    out = two_concepts / "records"
+    run_command("make_tfrecords", model="tiny", concepts_file=two_concepts / "concepts.json", output_dir=out,
+                vocab_path=vocab_path, **CLASS_FLAGS)
+    return out
+
+
+def test_concepts_captions_and_drawn_class_images(two_concepts, concept_records):
+    assert len(_generated(two_concepts / "ball")) == 2 and len(_generated(two_concepts / "toy")) == 3
+    m = read_manifest(concept_records)
+    assert [(c.num_instance, c.num_class) for c in m.concepts] == [(3, 6), (2, 3)]
+    assert [c.class_prompt for c in m.concepts] == ["a photo of ball", "a photo of toy"]
+    assert m.concepts[1].instance_dir == str(two_concepts / "zzx")  # relative to the concepts file
+    inst = read_all_examples(concept_records, m, "instance")
+    assert inst["concept"].tolist() == [0, 0, 0, 1, 1]
+    assert inst["prompt"].tolist() == ["a photo of sks ball", "a photo of sks ball in the snow", "a photo of sks ball",
+                                       "a photo of zzx toy", "a photo of zzx toy"]
+    assert not np.array_equal(inst["embedding"][0], inst["embedding"][1])  # the caption was encoded
+    cls = read_all_examples(concept_records, m, "class")
+    assert cls["concept"].tolist() == [0] * 6 + [1] * 3
+
+
+def test_class_generation_is_resumable_and_draws_only_what_is_missing(two_concepts, concept_records, vocab_path):
+    toy = two_concepts / "toy"
+    before = {name: _pixels(toy / name) for name in _generated(toy)}
+    victim = sorted(before)[1]
+    (toy / victim).unlink()  # as if the run had been killed before drawing it
+    stamps = {name: (toy / name).stat().st_mtime_ns for name in before if name != victim}
+    run_command("make_tfrecords", model="tiny", concepts_file=two_concepts / "concepts.json",
+                output_dir=two_concepts / "again", vocab_path=vocab_path, **CLASS_FLAGS)
+    assert _generated(toy) == sorted(before)
+    # Image i depends only on (prompt, seed, i): redrawn in another batch it differs at most by
+    # float rounding (one level of a pixel), not as another image would.
+    assert np.abs(_pixels(toy / victim) - before[victim]).max() <= 1
+    assert {n: (toy / n).stat().st_mtime_ns for n in stamps} == stamps  # the others were not redrawn
+
+
+def test_class_images_do_not_depend_on_replicas_or_batch(two_concepts, tmp_path, vocab_path):
+    """Two replicas of a mirrored strategy draw the same files as one device (batch 2 vs 4)."""
+    import subprocess
+    import sys
+
+    shutil.copytree(two_concepts / "sks", tmp_path / "sks")
+    flags = [f"--{k}={v}" for k, v in dict(
+        model="tiny", instance_dir=tmp_path / "sks", instance_prompt="a photo of sks ball", class_dir=tmp_path / "toy",
+        class_prompt="a photo of toy", num_class_images=3, output_dir=tmp_path / "rec", vocab_path=vocab_path,
+        class_num_steps=2, class_batch_size=4, strategy="mirrored", num_cpu_devices=2).items()]
+    result = subprocess.run([sys.executable, "-m", "dbdist.make_tfrecords", *flags], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "strategy mirrored with 2 replica(s)" in result.stderr
+    mirrored = {n: _pixels(tmp_path / "toy" / n) for n in _generated(tmp_path / "toy")}
+    single = {n: _pixels(two_concepts / "toy" / n) for n in _generated(two_concepts / "toy")}
+    assert mirrored.keys() == single.keys()
+    for name in single:
+        # Two devices run the same float32 kernels on different batch shapes: allow rounding to
+        # move a pixel by one level; anything more means a different image.
+        assert np.abs(mirrored[name] - single[name]).max() <= 1, name
+
+
+def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(sample_images, tmp_path, vocab_path):
+    out = tmp_path / "latents"
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                class_dir=sample_images[1], class_prompt="a photo of ball", output_dir=out, vocab_path=vocab_path,
+                cache_latents=True, random_flip=True)
+    m = read_manifest(out)
+    assert (m.record_format, m.latent_shape, m.flipped_latents) == ("latents", (8, 8, 4), True)
+    got = read_all_examples(out, m, "instance")
+    assert "image" not in got
+    encoder = build_models(model_config("tiny"), ("vae_encoder",), seed=0).vae_encoder
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(sample_images[0].iterdir())])
+    pixels = pixels.astype(np.float32) / 127.5 - 1
+    for batch, mean_key, logvar_key in ((pixels, features.LATENT_MEAN, features.LATENT_LOGVAR),
+                                        (pixels[:, :, ::-1], features.LATENT_MEAN_FLIPPED, features.LATENT_LOGVAR_FLIPPED)):
+        mean, logvar = encoder.predict_on_batch(batch)
+        np.testing.assert_allclose(got[mean_key], mean, atol=1e-5)
+        np.testing.assert_allclose(got[logvar_key], logvar, atol=1e-5)
+    assert not np.allclose(got[features.LATENT_MEAN], got[features.LATENT_MEAN_FLIPPED])
+
+    # Training from cached latents never builds the VAE encoder: a weights folder without one works.
+    weights = tmp_path / "weights"
+    save_keras_cv_h5(build_models(model_config("tiny"), ("unet",), seed=0).unet, weights / "unet.h5")
+    run = tmp_path / "run"
+    run_command("train", data_dir=out, output_dir=run, model="tiny", weights=weights, max_train_steps=2,
+                global_batch_size=2, learning_rate=1e-3, random_flip=True, log_every=1)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    assert all(np.isfinite(json.loads(line)["loss"]) for line in lines)
+
+
+def test_every_image_mode_makes_valid_records(tmp_path, vocab_path):
+    """Grayscale, RGBA (on white), CMYK, 16-bit PNG and a wide image all become records."""
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (70, 70), dtype=np.uint8), "L").save(folder / "gray.png")
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0] = 255
+    Image.fromarray(rgba, "RGBA").save(folder / "transparent.png")  # fully transparent: white
+    Image.new("CMYK", (80, 64), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65536, (64, 64))).astype(np.uint16)).save(folder / "deep.png")
+    Image.new("RGB", (200, 64), (0, 0, 255)).save(folder / "wide.png")
+    out = tmp_path / "rec"
+    run_command("make_tfrecords", model="tiny", instance_dir=folder, instance_prompt="a photo", output_dir=out,
+                vocab_path=vocab_path)
+    got = read_all_examples(out, read_manifest(out), "instance")
+    by_name = dict(zip(got["source"], got["image"]))
+    assert by_name["transparent.png"].min() == 255
+    assert by_name["cmyk.jpg"].shape == (64, 80, 3) and by_name["cmyk.jpg"][..., 0].mean() > 200  # red
+    assert by_name["gray.png"].shape == (64, 64, 3)
+    assert by_name["deep.png"].std() > 20  # scaled from 16 bits, not clipped to white
+    assert by_name["wide.png"].shape == (64, 128, 3)  # shorter side 64, aspect capped at 2 for random crops
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+def test_min_size_rejects_small_images_by_name(sample_images, tmp_path, vocab_path):
+    folder = tmp_path / "small"
+    shutil.copytree(sample_images[0], folder)
+    Image.new("RGB", (40, 90)).save(folder / "tiny.png")
+    with pytest.raises(ValueError, match=r"tiny\.png: 40x90 image is smaller than --min_size=64 px"):
+        run_command("make_tfrecords", model="tiny", instance_dir=folder, instance_prompt="a photo",
+                    output_dir=tmp_path / "out", vocab_path=vocab_path, min_size=64)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not list((tmp_path / "out").glob("*.tfrecord"))
+
+
+@pytest.mark.parametrize("concepts, message", [
+    ([{"instance_dir": "a", "class_dir": "", "class_prompt": ""}], r"concept 0 is missing instance_prompt"),
+    ([{"instance_dir": "a", "instance_prompt": "p", "class_dir": "c"}], r"concept 0 is missing class_prompt"),
+    ([{"instance_dir": "a", "instance_prompt": "p", "class_dir": "c", "class_prompt": "x", "colour": 1}],
+     r"unknown fields colour"),
+    ([{"instance_dir": "a", "instance_prompt": "p", "class_dir": "dogs", "class_prompt": "a dog"},
+      {"instance_dir": "b", "instance_prompt": "q", "class_dir": "dogs/", "class_prompt": "a cat"}],
+     r"concepts 0 and 1 share class_dir \S*dogs/? with different class prompts \('a dog' vs 'a cat'\)"),
+    ([{"instance_dir": "a", "instance_prompt": "p", "class_dir": "c", "class_prompt": "x"},
+      {"instance_dir": "b", "instance_prompt": "q", "class_dir": "", "class_prompt": ""}],
+     r"concepts \[1\] have no class_dir but others do"),
+    ({"instance_dir": "a"}, r"expected a JSON list of concept objects, got dict"),
+])
+def test_bad_concepts_file_is_named(tmp_path, vocab_path, concepts, message):
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps(concepts))
+    with pytest.raises(ValueError, match=rf"{path}: .*{message}"):
+        run_command("make_tfrecords", model="tiny", concepts_file=path, output_dir=tmp_path / "out", vocab_path=vocab_path)
+
+
+def test_concepts_file_and_single_concept_flags_conflict(tmp_path, sample_images, vocab_path):
+    (tmp_path / "c.json").write_text("[]")
+    with pytest.raises(app.UsageError, match="--concepts_file replaces --instance_dir"):
+        run_command("make_tfrecords", model="tiny", concepts_file=tmp_path / "c.json", instance_dir=sample_images[0],
+                    output_dir=tmp_path / "out", vocab_path=vocab_path)
+
+
+def test_class_batch_must_divide_over_replicas(tmp_path, sample_images, vocab_path):
+    import subprocess
+    import sys
+
+    flags = [f"--{k}={v}" for k, v in dict(
+        model="tiny", instance_dir=sample_images[0], instance_prompt="a photo", class_dir=tmp_path / "cls",
+        class_prompt="a photo of x", num_class_images=2, class_batch_size=3, strategy="mirrored",
+        num_cpu_devices=2, output_dir=tmp_path / "out", vocab_path=vocab_path).items()]
+    result = subprocess.run([sys.executable, "-m", "dbdist.make_tfrecords", *flags], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    assert "--class_batch_size 3 is not divisible by the 2 replicas; use a multiple of 2" in result.stderr
+    assert not (tmp_path / "cls").exists() and not (tmp_path / "out").exists()
+
+
+def test_train_refuses_a_corrupted_shard_by_name(records_dir, tmp_path):
+    data = tmp_path / "records"
+    shutil.copytree(records_dir, data)
+    m = read_manifest(data)
+    victim = data / m.class_shards[-1]
+    victim.write_bytes(victim.read_bytes()[:-9])  # truncated, as by an interrupted copy
+    with pytest.raises(CorruptShardError, match=rf"{victim}: corrupted, truncated"):
+        run_command("train", data_dir=data, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)
+    assert not (tmp_path / "run" / "export").exists()
