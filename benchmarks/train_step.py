@@ -43,7 +43,7 @@ def _write_records(directory, model, count=16):
     import numpy as np
 
     from dbdist.data import features, writer
-    from dbdist.data.manifest import Manifest, write_manifest
+    from dbdist.data.manifest import ConceptCounts, Manifest, write_manifest
 
     rng = np.random.default_rng(0)
     length, width = model.embedding_shape
@@ -60,7 +60,9 @@ def _write_records(directory, model, count=16):
         shards[name] = writer.write_shards(directory, name, records, 2)
     write_manifest(directory, Manifest(
         preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape, max_length=length,
-        num_instance=count, num_class=count, instance_prompt="a photo", class_prompt="a photo",
+        num_instance=count, num_class=count, concepts=(ConceptCounts(
+            instance_prompt="a photo", class_prompt="a photo", instance_dir="", class_dir="", num_instance=count,
+            num_class=count),),
         instance_shards=shards["instance"], class_shards=shards["class"], created_by="benchmark",
     ))
 

@@ -132,7 +132,8 @@ class DistributedSampler:
 
 
 def fill_class_dir(sampler, job, encode, *, preset):
-    """Draws the images `job` (ClassJob) lacks into its folder; returns how many were drawn.
+    """Draws the images `job` (a Concept: class_dir, class_prompt, num_class_images) lacks
+    into its folder; returns how many were drawn.
 
     `encode(prompts)` gives (N, L, D) text embeddings. Every worker calls this with the
     same job; each writes the images of its own replicas.

@@ -21,8 +21,8 @@ from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, Tra
 from dbdist.data import concepts as concepts_lib
 from dbdist.data import features, writer
 from dbdist.data.manifest import ConceptCounts, Manifest, write_manifest
-from dbdist.gcs_paths import check_buckets
 from dbdist.data.record_pipeline import EncodeSettings, Progress, RecordPipeline, Source
+from dbdist.gcs_paths import check_buckets
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.weights.pretrained import load_networks
 
@@ -100,6 +100,7 @@ def _draw_class_images(model, concepts, tokenizer):
     if settings.global_batch % strategy.num_replicas_in_sync:
         raise ValueError(f"--class_batch_size {settings.global_batch} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas; use a multiple of {strategy.num_replicas_in_sync}")
+    _barrier(strategy)  # every worker has planned before any writes into the shared folders
     if todo:
         with strategy.scope():
             networks = load_networks(model, ("unet", "vae_decoder", "text_encoder"), FLAGS.weights, seed=FLAGS.seed)

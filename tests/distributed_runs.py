@@ -43,12 +43,17 @@ def run_train(log_path, timeout=900, **flags):
     assert code == 0, f"train exited {code}:\n{pathlib.Path(log_path).read_text()[-4000:]}"
 
 
-def run_multi_worker(log_dir, workers=2, timeout=900, **flags):
-    """All workers of a local cluster (TF_CONFIG on 127.0.0.1) with the same flags; worker 0 is the chief."""
-    ports = free_ports(workers)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+def hand_made_tf_config(addresses, index):
+    """The README's cluster: every process a "worker"; worker 0 is the chief."""
+    return {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}}
+
+
+def run_multi_worker(log_dir, workers=2, timeout=900, tf_config=hand_made_tf_config, **flags):
+    """All workers of a local cluster on 127.0.0.1 with the same flags. `tf_config(addresses, i)` is
+    process i's TF_CONFIG (e.g. launch.vertex_job.vertex_tf_config, where process 0 is the "chief")."""
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(workers)]
     processes = [
-        start_train(pathlib.Path(log_dir) / f"worker-{i}.log", {"cluster": cluster, "task": {"type": "worker", "index": i}}, **flags)
+        start_train(pathlib.Path(log_dir) / f"worker-{i}.log", tf_config(addresses, i), **flags)
         for i in range(workers)
     ]
     codes = [p.wait(timeout=timeout) for p in processes]

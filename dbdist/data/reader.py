@@ -13,6 +13,7 @@ disk) and decoded, cropped and flipped per example in parallel as batches are ma
 """
 
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -33,6 +34,11 @@ class CorruptShardError(ValueError):
     """A shard that cannot be read or does not match the feature spec (names the shard)."""
 
 
+def _tf_error_text(err):
+    """The first line of a TensorFlow error without its '{{function_node ...}}' prefix."""
+    return re.sub(r"\{\{[^}]*\}\}\s*", "", err.message).splitlines()[0].strip()
+
+
 def _read_shard(path, layout):
     """All serialized records of one shard, checked against the spec (not yet decoded)."""
     try:
@@ -44,7 +50,7 @@ def _read_shard(path, layout):
         tf.io.parse_example(records, features.feature_spec(layout))
         ids = {k: v.numpy() for k, v in tf.io.parse_example(records, features.ID_SPEC).items()}
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
-        raise CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({err.message.splitlines()[0]}); "
+        raise CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({_tf_error_text(err)}); "
                                 f"run python -m tfrecords_tools.verify --data_dir={os.path.dirname(path)}") from err
     return records, ids
 
