@@ -49,15 +49,13 @@ def _write_records(directory, model, count=16):
     length, width = model.embedding_shape
     shards = {}
     for kind, name in ((features.KIND_INSTANCE, "instance"), (features.KIND_CLASS, "class")):
-        records = [
-            features.serialize_example(
-                image=rng.integers(0, 255, (model.resolution, model.resolution, 3), dtype=np.uint8),
-                prompt="a photo", token_ids=np.full((length,), 49407), embedding=np.zeros((length, width), np.float32),
-                kind=kind, index=i, source=f"{i}.png",
-            )
-            for i in range(count)
-        ]
-        shards[name] = writer.write_shards(directory, name, records, 2)
+        with writer.ShardWriter(directory, name, 2**30) as out:
+            for i in range(count):
+                out.write(features.serialize_example(
+                    image=rng.integers(0, 255, (model.resolution, model.resolution, 3), dtype=np.uint8),
+                    prompt="a photo", token_ids=np.full((length,), 49407),
+                    embedding=np.zeros((length, width), np.float32), kind=kind, index=i, source=f"{i}.png"))
+            shards[name] = out.close()
     write_manifest(directory, Manifest(
         preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape, max_length=length,
         num_instance=count, num_class=count, concepts=(ConceptCounts(

@@ -21,7 +21,6 @@ replicas, so a multi-worker run writes in parallel into a shared (gs://) folder.
 import dataclasses
 import hashlib
 import os
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -30,7 +29,7 @@ from absl import logging
 from dbdist.data import images
 from dbdist.diffusion import NoiseSchedule
 from dbdist.diffusion.ddim import ddim_update, pixels_to_uint8, sampling_timesteps
-from dbdist.training.metrics_log import format_duration
+from dbdist.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,16 +98,17 @@ class DistributedSampler:
         return self.strategy.experimental_distribute_values_from_function(
             lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group * share:(ctx.replica_id_in_sync_group + 1) * share]))
 
-    def draw(self, noise, contexts, indices):
+    def draw(self, noise, unconditional, conditional, indices):
         """{global index: uint8 image} of this worker's replicas.
 
-        `noise` (G, h, w, c), `contexts` (G, 2, L, D) = (unconditional, conditional)
-        embeddings of each image, `indices` (G,) their indices (-1 marks padding).
+        `noise` (G, h, w, c) starting latents, `unconditional`/`conditional` (L, D) the
+        prompt embeddings every image shares, `indices` (G,) the images' indices (-1 marks padding).
         """
         latents = self._per_replica(noise)
-        # Each replica gets [unconditional; conditional] of its own images.
-        contexts = self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: self._replica_contexts(contexts, ctx.replica_id_in_sync_group))
+        # Every replica denoises its share against [unconditional; conditional] of that share.
+        share = noise.shape[0] // self.strategy.num_replicas_in_sync
+        contexts = np.concatenate([np.repeat(unconditional[None], share, 0), np.repeat(conditional[None], share, 0)])
+        contexts = self.strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(contexts))
         ids = self._per_replica(indices)
         alphas = self.schedule.alphas_cumprod
         timesteps = sampling_timesteps(self.settings.num_steps, self.schedule.num_train_timesteps)
@@ -125,39 +125,25 @@ class DistributedSampler:
                     out[int(index)] = image
         return out
 
-    def _replica_contexts(self, contexts, replica):
-        share = contexts.shape[0] // self.strategy.num_replicas_in_sync
-        mine = contexts[replica * share:(replica + 1) * share]
-        return tf.constant(np.concatenate([mine[:, 0], mine[:, 1]], axis=0))
 
-
-def fill_class_dir(sampler, job, encode, *, preset):
-    """Draws the images `job` (a Concept: class_dir, class_prompt, num_class_images) lacks
-    into its folder; returns how many were drawn.
+def fill_class_dir(sampler, job, missing, encode, *, preset):
+    """Draws the images `missing` (from `plan`) of `job` (a Concept: class_dir, class_prompt)
+    into its folder.
 
     `encode(prompts)` gives (N, L, D) text embeddings. Every worker calls this with the
-    same job; each writes the images of its own replicas.
+    same job and plan; each writes the images of its own replicas.
     """
     settings = sampler.settings
-    missing = plan(job.class_dir, job.class_prompt, job.num_class_images, settings, preset)
-    if not missing:
-        logging.info("%s already holds %d or more images; none drawn", job.class_dir, job.num_class_images)
-        return 0
     logging.info("drawing %d class images of %r into %s", len(missing), job.class_prompt, job.class_dir)
     tf.io.gfile.makedirs(job.class_dir)
     unconditional, conditional = encode(["", job.class_prompt])
     shape = (sampler.config.latent_size, sampler.config.latent_size, sampler.config.unet.latent_channels)
-    batch, start, done = settings.global_batch, time.perf_counter(), 0
+    batch, progress = settings.global_batch, Progress(len(missing), "class images", every_s=0)
     for first in range(0, len(missing), batch):
         chunk = missing[first:first + batch]
         padded = chunk + [-1] * (batch - len(chunk))  # the last batch keeps its compiled shape
         noise = initial_noise(job.class_prompt, settings.seed, [max(i, 0) for i in padded], shape)
-        contexts = np.broadcast_to(np.stack([unconditional, conditional])[None], (batch, 2) + unconditional.shape)
-        drawn = sampler.draw(noise, np.ascontiguousarray(contexts), np.asarray(padded, np.int64))
+        drawn = sampler.draw(noise, unconditional, conditional, np.asarray(padded, np.int64))
         for index, image in drawn.items():
             images.save_png(image, os.path.join(job.class_dir, class_image_name(job.class_prompt, index, settings, preset)))
-        done += len(chunk)
-        rate = done / (time.perf_counter() - start)
-        logging.info("class images %d/%d  %.2f img/s  ETA %s", done, len(missing), rate,
-                     format_duration((len(missing) - done) / rate))
-    return len(missing)
+        progress(len(chunk))

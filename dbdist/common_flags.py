@@ -1,8 +1,9 @@
 """absl flags shared by the dbdist commands (importing this module defines them)."""
 
-from absl import app, flags
+from absl import flags
 
 from dbdist.config import MODEL_PRESETS, model_config, with_resolution
+from dbdist.flag_checks import require  # noqa: F401 (the commands call common_flags.require)
 from dbdist.training.strategy import STRATEGIES
 
 MODEL = flags.DEFINE_enum("model", "tiny", sorted(MODEL_PRESETS), "Model preset: tiny (64 px, random weights, CPU), sd-v1 (SD 1.4/1.5), sd-v2 (SD 2.1).")
@@ -31,14 +32,6 @@ TPU = flags.DEFINE_string("tpu", "local", "With --strategy=tpu: 'local' on a TPU
 RANDOM_FLIP = flags.DEFINE_bool(
     "random_flip", False, "Mirror half the training examples at random (train), and with --cache_latents "
     "also cache the mirrored image's latents (make_tfrecords).")
-
-
-def require(*names):
-    """absl's mark_flags_as_required is global; the commands share one flag registry (and tests run
-    them in one process), so each command checks its own required flags."""
-    missing = [name for name in names if flags.FLAGS[name].value in (None, "")]
-    if missing:
-        raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
 
 
 def selected_model_config(resolution=None):

@@ -10,7 +10,6 @@ the same images; image i depends only on (seed, i), not on --batch_size.
 import json
 import math
 import os
-import time
 
 import tensorflow as tf
 from absl import app, flags, logging
@@ -21,7 +20,7 @@ from dbdist.data import images
 from dbdist.gcs_paths import check_buckets
 from dbdist.sampling import Sampler
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
-from dbdist.training.metrics_log import format_duration
+from dbdist.progress import Progress
 from dbdist.weights.pretrained import load_networks
 
 FLAGS = flags.FLAGS
@@ -79,12 +78,7 @@ def main(argv):
         files=files,
     )
     sampler = Sampler(model, networks, tokenizer, compile=tf.function)
-    start = time.perf_counter()
-
-    def progress(done, total):
-        rate = done / (time.perf_counter() - start)
-        logging.info("%d/%d images  %.2f img/s  ETA %s", done, total, rate, format_duration((total - done) / rate))
-
+    progress = Progress(FLAGS.num_images, every_s=0)
     pictures = sampler.images(
         FLAGS.prompt,
         num_images=FLAGS.num_images,
@@ -93,7 +87,7 @@ def main(argv):
         guidance_scale=FLAGS.guidance_scale,
         negative_prompt=FLAGS.negative_prompt,
         batch_size=FLAGS.batch_size,
-        on_batch=progress,
+        on_batch=lambda done, total: progress(done - progress.done),
     )
     for i, image in enumerate(pictures):
         images.save_png(image, os.path.join(FLAGS.output_dir, f"image_{i:03d}.png"))

@@ -21,8 +21,9 @@ from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, Tra
 from dbdist.data import concepts as concepts_lib
 from dbdist.data import features, writer
 from dbdist.data.manifest import ConceptCounts, Manifest, write_manifest
-from dbdist.data.record_pipeline import EncodeSettings, Progress, RecordPipeline, Source
+from dbdist.data.record_pipeline import EncodeSettings, RecordPipeline, Source
 from dbdist.gcs_paths import check_buckets
+from dbdist.progress import Progress
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.weights.pretrained import load_networks
 
@@ -93,7 +94,10 @@ def _draw_class_images(model, concepts, tokenizer):
         key = c.class_dir.rstrip("/")
         if c.num_class_images and c.num_class_images > getattr(jobs.get(key), "num_class_images", 0):
             jobs[key] = c
-    todo = [j for j in jobs.values() if class_images.plan(j.class_dir, j.class_prompt, j.num_class_images, settings, model.preset)]
+    # Planned once, before the barrier: after it, other workers are already writing into the folders.
+    plans = [(j, class_images.plan(j.class_dir, j.class_prompt, j.num_class_images, settings, model.preset))
+             for j in jobs.values()]
+    todo = [(job, missing) for job, missing in plans if missing]
     if not todo and FLAGS.strategy != "multi_worker":
         return True
     strategy = make_strategy(FLAGS.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
@@ -106,8 +110,8 @@ def _draw_class_images(model, concepts, tokenizer):
             networks = load_networks(model, ("unet", "vae_decoder", "text_encoder"), FLAGS.weights, seed=FLAGS.seed)
         sampler = class_images.DistributedSampler(strategy, model, networks, settings)
         encode = Sampler(model, networks, tokenizer).encode
-        for job in todo:
-            class_images.fill_class_dir(sampler, job, encode, preset=model.preset)
+        for job, missing in todo:
+            class_images.fill_class_dir(sampler, job, missing, encode, preset=model.preset)
     _barrier(strategy)  # every worker's images are in place before the chief reads the folders
     return is_chief(strategy)
 

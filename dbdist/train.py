@@ -37,7 +37,7 @@ from dbdist.training.optimizer import build_optimizer
 from dbdist.training.preemption import Preempted, PreemptionWatcher
 from dbdist.training.schedules import SCHEDULES
 from dbdist.training.step import TrainState
-from dbdist.training.strategy import STRATEGIES, is_chief, make_strategy
+from dbdist.training.strategy import is_chief, make_strategy
 from dbdist.training.summaries import Summaries
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 from dbdist.weights.pretrained import load_networks

@@ -25,7 +25,6 @@ class TpuFamily:
     """One TPU generation as a TPU VM accelerator type `NAME-N`."""
 
     name: str
-    unit: str  # what N counts
     cores_per_replica: int  # v4 and v5p pair two TensorCores into one device (megacore): one TF replica
     sizes: tuple = ()  # the valid N; empty when any multiple of `step` up to `max_size` is valid
     step: int = 0
@@ -44,12 +43,12 @@ class TpuFamily:
 TPU_FAMILIES = {
     f.name: f
     for f in (
-        TpuFamily("v2", "TensorCores", 1, sizes=(8, 32, 128, 256, 512)),
-        TpuFamily("v3", "TensorCores", 1, sizes=(8, 32, 64, 128, 256, 512, 1024, 2048)),
-        TpuFamily("v4", "TensorCores", 2, sizes=(8, 16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 4096)),
-        TpuFamily("v5litepod", "chips", 1, sizes=(1, 4, 8, 16, 32, 64, 128, 256)),
-        TpuFamily("v5p", "TensorCores", 2, step=8, max_size=12288),
-        TpuFamily("v6e", "chips", 1, sizes=(1, 4, 8, 16, 32, 64, 128, 256)),
+        TpuFamily("v2", 1, sizes=(8, 32, 128, 256, 512)),
+        TpuFamily("v3", 1, sizes=(8, 32, 64, 128, 256, 512, 1024, 2048)),
+        TpuFamily("v4", 2, sizes=(8, 16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 4096)),
+        TpuFamily("v5litepod", 1, sizes=(1, 4, 8, 16, 32, 64, 128, 256)),
+        TpuFamily("v5p", 2, step=8, max_size=12288),
+        TpuFamily("v6e", 1, sizes=(1, 4, 8, 16, 32, 64, 128, 256)),
     )
 }
 
@@ -109,7 +108,6 @@ FIXED_GPU_MACHINES = {
     "NVIDIA_H200_141GB": {"a3-ultragpu-8g": 8},
     "NVIDIA_B200": {"a4-highgpu-8g": 8},
 }
-GPU_TYPES = tuple(N1_GPU_COUNTS) + tuple(FIXED_GPU_MACHINES)
 # TPU machines Vertex AI runs TensorFlow on: v2/v3 as `cloud-tpu` with 8 cores, v5e as ct5lp-hightpu-*.
 CLOUD_TPU_TYPES = ("TPU_V2", "TPU_V3")
 V5E_MACHINES = {"ct5lp-hightpu-1t": ("1x1", 1), "ct5lp-hightpu-4t": ("2x2", 4), "ct5lp-hightpu-8t": ("2x4", 8)}

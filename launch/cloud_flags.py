@@ -4,8 +4,10 @@ import re
 
 from absl import app, flags
 
-PROJECT = flags.DEFINE_string("project", None, "Google Cloud project ID (required).")
-ACCELERATOR_TYPE = flags.DEFINE_string(
+from dbdist.flag_checks import require  # noqa: F401 (the launchers call cloud_flags.require)
+
+flags.DEFINE_string("project", None, "Google Cloud project ID (required).")
+flags.DEFINE_string(
     "accelerator_type", None,
     "launch.tpu_vm: the TPU VM accelerator type (v4-8, v5litepod-8, v5p-16, v6e-8, ...). "
     "launch.vertex_ai: the GPU or TPU on each machine (NVIDIA_L4, NVIDIA_TESLA_A100, NVIDIA_H100_80GB, TPU_V3, ...).")
@@ -29,8 +31,6 @@ def check_project(project):
         raise app.UsageError(f"--project={project!r} is not a Google Cloud project ID (6-30 lowercase letters, digits, hyphens)")
 
 
-def require(*names):
-    """Each launcher checks its own required flags (the registry is shared, see dbdist.common_flags)."""
-    missing = [name for name in names if flags.FLAGS[name].value in (None, "")]
-    if missing:
-        raise app.UsageError(f"missing required flag(s): {', '.join('--' + n for n in missing)}")
+def check_service_account(service_account):
+    if service_account and "@" not in service_account:
+        raise app.UsageError(f"--service_account={service_account!r} is not a service account e-mail")

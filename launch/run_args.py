@@ -50,9 +50,9 @@ class Placement:
     def flags_for(self, command_args):
         """The placement flags the user did not give, for a command that knows them."""
         out = []
-        if command_args.knows("strategy") and "strategy" not in command_args.given:
+        if "strategy" not in command_args.given:
             out.append(f"--strategy={self.strategy}")
-        if self.tpu and command_args.knows("tpu") and "tpu" not in command_args.given:
+        if self.tpu and "tpu" not in command_args.given:
             out.append(f"--tpu={self.tpu}")
         return out
 
@@ -98,7 +98,7 @@ def _check_divisible(command_args, flag, replicas, platform):
 
 
 def _draws_class_images(records):
-    return (records.knows("num_class_images") and records.value("num_class_images")) or records.value("concepts_file")
+    return records.value("num_class_images") or records.value("concepts_file")
 
 
 def dbdist_run(placement, train_args, make_tfrecords="", default_records_dir="", require_output_dir=True):
@@ -127,10 +127,9 @@ def dbdist_run(placement, train_args, make_tfrecords="", default_records_dir="",
             extra_records.append(f"--output_dir={folder}")
         if "data_dir" not in train.given:
             extra_train.append(f"--data_dir={folder}")
-        if records.knows("strategy"):
-            record_replicas = placement.check(records)
-            if _draws_class_images(records) and records.knows("class_batch_size"):
-                _check_divisible(records, "class_batch_size", record_replicas, placement.platform)
+        record_replicas = placement.check(records)
+        if _draws_class_images(records):
+            _check_divisible(records, "class_batch_size", record_replicas, placement.platform)
         _check_paths(records, placement.platform)
     elif not train.given.get("data_dir"):
         raise app.UsageError("--data_dir=gs://... is required after -- (records from `python -m dbdist.make_tfrecords`), "

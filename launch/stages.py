@@ -73,7 +73,9 @@ def main(argv):
     data_dir = flag_value(train_args, "data_dir")
     if not data_dir:
         raise SystemExit("launch.stages needs --data_dir in the train flags (the launchers add it)")
-    manifest = f"{data_dir.rstrip('/')}/manifest.json"
+    from dbdist.data.manifest import MANIFEST_NAME  # loads TensorFlow, as _exists does
+
+    manifest = f"{data_dir.rstrip('/')}/{MANIFEST_NAME}"
     if _exists(manifest):
         print(f"[stages] {manifest} exists: the records are complete, not making them again "
               "(delete the folder to rebuild them)", flush=True)

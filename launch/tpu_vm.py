@@ -17,6 +17,7 @@ import time
 
 from absl import app, flags, logging
 
+from dbdist.training.preemption import PREEMPTED_EXIT_CODE
 from launch import cloud_flags
 from launch.accelerators import tpu_vm_type
 from launch.run_args import dbdist_run
@@ -34,7 +35,6 @@ flags.DEFINE_integer("max_restarts", 0, "Relaunch after a preemption up to this 
 flags.DEFINE_bool("delete_after", False, "Delete the TPU VM when the run ends (success or not).")
 flags.DEFINE_string("remote_python", "python3", "The Python interpreter on the workers.")
 
-PREEMPTED_EXIT_CODE = 143  # dbdist.training.preemption's (not imported here: it would load TensorFlow)
 SSH_LOST_EXIT_CODE = 255  # ssh's code when the connection drops, as when the VM goes away
 READY = "READY"
 RECREATE_STATES = ("PREEMPTED", "TERMINATED", "STOPPED")  # Spot and preemptible TPUs cannot be restarted

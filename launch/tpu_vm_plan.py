@@ -23,7 +23,7 @@ import shlex
 from absl import app
 
 from launch.accelerators import TF_TPU_PJRT_ENV, TpuVmType
-from launch.cloud_flags import check_project
+from launch.cloud_flags import check_project, check_service_account
 from launch.run_args import DbdistRun, Placement
 
 # The single client of a pod slice talks to the TPU runtime on every worker instead of loading libtpu.
@@ -51,8 +51,7 @@ class TpuVm:
         if not _ZONE.fullmatch(self.zone):
             raise app.UsageError(f"--zone={self.zone!r} is not a zone such as us-central2-b or europe-west4-a")
         check_project(self.project)
-        if self.service_account and "@" not in self.service_account:
-            raise app.UsageError(f"--service_account={self.service_account!r} is not a service account e-mail")
+        check_service_account(self.service_account)
 
     def _gcloud(self, verb, *flags):
         return ["gcloud", "compute", "tpus", "tpu-vm", verb, self.name, f"--zone={self.zone}", f"--project={self.project}",

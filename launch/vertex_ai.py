@@ -63,7 +63,7 @@ def to_sdk(value):
     return value
 
 
-def submit(job, resource, project, wait, credentials=None):
+def submit(job, resource, project, wait):
     """Creates the CustomJob with google-cloud-aiplatform (imported only here). Returns the SDK job."""
     try:
         from google.cloud import aiplatform
@@ -72,11 +72,12 @@ def submit(job, resource, project, wait, credentials=None):
         raise app.UsageError("submitting needs google-cloud-aiplatform: pip install 'dbdist[launch]' "
                              "(--dry_run does not)") from None
     spec = resource["jobSpec"]
-    bucket = "gs://" + job.base_output_dir[len("gs://"):].split("/")[0]
+    from dbdist.gcs_paths import bucket_of  # loads TensorFlow: only when submitting
+
+    bucket = "gs://" + bucket_of(job.base_output_dir)
     custom_job = aiplatform.CustomJob(
         display_name=resource["displayName"], worker_pool_specs=to_sdk(spec["workerPoolSpecs"]),
-        base_output_dir=job.base_output_dir, project=project, location=job.region, staging_bucket=bucket,
-        credentials=credentials)
+        base_output_dir=job.base_output_dir, project=project, location=job.region, staging_bucket=bucket)
     scheduling = spec.get("scheduling", {})
     options = dict(service_account=spec.get("serviceAccount"),
                    restart_job_on_worker_restart=scheduling.get("restartJobOnWorkerRestart", False))

@@ -5,7 +5,7 @@ The shapes, and the strategy each gives dbdist:
 * one machine with GPUs (or CPU only): one worker pool, --strategy=mirrored over its GPUs;
 * N machines (--replica_count=N): worker pool 0 holds the chief (Vertex requires exactly one
   replica there), pool 1 the N-1 other workers, same machine and container; Vertex AI sets
-  TF_CONFIG on each (see `vertex_tf_config`) and --strategy=multi_worker reads it. The chief
+  TF_CONFIG on each (tests/distributed_runs.py `vertex_tf_config` mirrors it) and --strategy=multi_worker reads it. The chief
   (task "chief", index 0) writes logs, metrics and exports; workers write their share of each
   checkpoint to a scratch folder (dbdist.training.strategy.is_chief / worker_scratch_dir).
   `restartJobOnWorkerRestart` restarts every replica when one restarts, since a collective
@@ -24,6 +24,7 @@ import re
 from absl import app
 
 from launch.accelerators import TF_TPU_PJRT_ENV, VertexMachine
+from launch.cloud_flags import check_service_account
 from launch.run_args import DbdistRun, Placement
 
 _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
@@ -53,8 +54,7 @@ class VertexJob:
         if not _IMAGE.fullmatch(self.container_image):
             raise app.UsageError(f"--container_image={self.container_image!r} is not an image URI such as "
                                  "us-central1-docker.pkg.dev/PROJECT/REPO/dbdist:TAG")
-        if self.service_account and "@" not in self.service_account:
-            raise app.UsageError(f"--service_account={self.service_account!r} is not a service account e-mail")
+        check_service_account(self.service_account)
         if not 0 < len(self.display_name) <= 128:
             raise app.UsageError(f"--display_name must have 1 to 128 characters, got {self.display_name!r}")
 
@@ -92,16 +92,3 @@ class VertexJob:
         if scheduling:
             spec["scheduling"] = scheduling
         return {"displayName": self.display_name, "jobSpec": spec}
-
-
-def vertex_tf_config(addresses, index, job=None):
-    """The TF_CONFIG Vertex AI sets on replica `index` of a multi-replica job whose replicas listen
-    on `addresses`, in worker-pool order: replica 0 is worker pool 0's only replica, the chief;
-    the others are pool 1's workers, numbered from 0. Vertex adds "job" (the job's spec) and
-    "environment": "cloud", which TensorFlow ignores. Tests feed it to local processes."""
-    addresses = list(addresses)
-    cluster = {"chief": addresses[:1]}
-    if len(addresses) > 1:
-        cluster["worker"] = addresses[1:]
-    task = {"type": "chief", "index": 0} if index == 0 else {"type": "worker", "index": index - 1}
-    return {"cluster": cluster, "task": task, "job": job or {}, "environment": "cloud"}

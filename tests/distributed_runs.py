@@ -43,6 +43,19 @@ def run_train(log_path, timeout=900, **flags):
     assert code == 0, f"train exited {code}:\n{pathlib.Path(log_path).read_text()[-4000:]}"
 
 
+def vertex_tf_config(addresses, index, job=None):
+    """The TF_CONFIG Vertex AI sets on replica `index` of a multi-replica job whose replicas listen
+    on `addresses`, in worker-pool order: replica 0 is worker pool 0's only replica, the chief;
+    the others are pool 1's workers, numbered from 0. Vertex adds "job" (the job's spec) and
+    "environment": "cloud", which TensorFlow ignores. Tests feed it to local processes."""
+    addresses = list(addresses)
+    cluster = {"chief": addresses[:1]}
+    if len(addresses) > 1:
+        cluster["worker"] = addresses[1:]
+    task = {"type": "chief", "index": 0} if index == 0 else {"type": "worker", "index": index - 1}
+    return {"cluster": cluster, "task": task, "job": job or {}, "environment": "cloud"}
+
+
 def hand_made_tf_config(addresses, index):
     """The README's cluster: every process a "worker"; worker 0 is the chief."""
     return {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}}
@@ -50,7 +63,7 @@ def hand_made_tf_config(addresses, index):
 
 def run_multi_worker(log_dir, workers=2, timeout=900, tf_config=hand_made_tf_config, **flags):
     """All workers of a local cluster on 127.0.0.1 with the same flags. `tf_config(addresses, i)` is
-    process i's TF_CONFIG (e.g. launch.vertex_job.vertex_tf_config, where process 0 is the "chief")."""
+    process i's TF_CONFIG (e.g. vertex_tf_config, where process 0 is the "chief")."""
     addresses = [f"127.0.0.1:{p}" for p in free_ports(workers)]
     processes = [
         start_train(pathlib.Path(log_dir) / f"worker-{i}.log", tf_config(addresses, i), **flags)

@@ -11,10 +11,9 @@ import sys
 
 import pytest
 from absl import app, flags
-from distributed_runs import metrics, run_multi_worker
+from distributed_runs import metrics, run_multi_worker, vertex_tf_config
 
 from launch import vertex_ai
-from launch.vertex_job import vertex_tf_config
 
 IMAGE = "us-central1-docker.pkg.dev/test-project/dbdist/dbdist:0.1.0"
 JOB = ("--project=test-project", "--region=us-central1", f"--container_image={IMAGE}", "--base_output_dir=gs://bkt/dog/run")
@@ -147,14 +146,6 @@ def test_submitting_without_the_sdk_says_what_to_install(monkeypatch):
 def test_sdk_dicts_spell_fields_in_snake_case():
     assert vertex_ai.to_sdk({"machineSpec": {"acceleratorCount": 1, "tpuTopology": "2x2"}, "replicaCount": 2}) == {
         "machine_spec": {"accelerator_count": 1, "tpu_topology": "2x2"}, "replica_count": 2}
-
-
-def test_vertex_tf_config_shape():
-    addresses = ["10.0.0.2:2222", "10.0.0.3:2222", "10.0.0.4:2222"]
-    assert vertex_tf_config(addresses, 0) == {
-        "cluster": {"chief": addresses[:1], "worker": addresses[1:]}, "task": {"type": "chief", "index": 0},
-        "job": {}, "environment": "cloud"}
-    assert vertex_tf_config(addresses, 2)["task"] == {"type": "worker", "index": 1}
 
 
 @pytest.mark.distributed

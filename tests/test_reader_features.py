@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from dbdist.data import augment, features, manifest as manifest_lib, reader, writer
 

@@ -28,12 +28,23 @@ def _example(kind, index, seed=0):
                 kind=kind, index=index, source=f"{features.KIND_NAMES[kind]}-{index}.png")
 
 
+def _write(path, name, records, num_shards):
+    """Records into `num_shards` shards of about equal count (records here are about one size)."""
+    if not records:
+        return ()
+    per_shard = -(-len(records) // num_shards)
+    with writer.ShardWriter(path, name, per_shard * (max(len(r) for r in records) + 16)) as out:
+        for record in records:
+            out.write(record)
+        return out.close()
+
+
 def _make_data_dir(path, num_instance=NUM_INSTANCE, num_class=NUM_CLASS, num_shards=2):
     shards = {}
     for kind, count in ((features.KIND_INSTANCE, num_instance), (features.KIND_CLASS, num_class)):
         name = features.KIND_NAMES[kind]
         records = [features.serialize_example(**_example(kind, i)) for i in range(count)]
-        shards[name] = writer.write_shards(path, name, records, num_shards)
+        shards[name] = _write(path, name, records, num_shards)
     concept = manifest_lib.ConceptCounts(
         instance_prompt="a photo of sks ball", class_prompt="a photo of a ball" if num_class else "",
         instance_dir="sks", class_dir="ball" if num_class else "", num_instance=num_instance, num_class=num_class)
@@ -123,15 +134,18 @@ def test_serialize_rejects_bad_inputs(change, message):
 
 # --- writer -----------------------------------------------------------------------------
 
-def test_write_shards_names_split_and_temp_then_rename(tmp_path, monkeypatch):
+def test_shard_writer_names_bounds_and_temp_then_rename(tmp_path, monkeypatch):
     renames = []
     real_rename = tf.io.gfile.rename
     monkeypatch.setattr(tf.io.gfile, "rename",
                         lambda src, dst, overwrite=False: (renames.append((src, dst)),
                                                            real_rename(src, dst, overwrite))[1])
     records = [bytes([i]) * 3 for i in range(7)]
-    names = writer.write_shards(tmp_path, "class", records, num_shards=3)
-    assert names == tuple(f"class-{i:05d}-of-00003.tfrecord" for i in range(3))
+    with writer.ShardWriter(tmp_path, "class", 2 * (3 + 16)) as out:  # room for 2 records a shard
+        for record in records:
+            out.write(record)
+        names = out.close()
+    assert names == tuple(f"class-{i:05d}.tfrecord" for i in range(4))
     # Every shard was written under a .tmp- name in the same directory and then renamed.
     assert [os.path.basename(d) for _, d in renames] == list(names)
     for src, dst in renames:
@@ -139,18 +153,18 @@ def test_write_shards_names_split_and_temp_then_rename(tmp_path, monkeypatch):
         assert os.path.dirname(src) == os.path.dirname(dst)
     assert sorted(os.listdir(tmp_path)) == list(names)
     read = [list(tf.data.TFRecordDataset(str(tmp_path / n)).as_numpy_iterator()) for n in names]
-    assert sum(read, []) == records  # contiguous split keeps the order
-    assert [len(r) for r in read] == [2, 2, 3]
+    assert sum(read, []) == records  # streamed in order
+    assert [len(r) for r in read] == [2, 2, 2, 1]
 
 
-def test_write_shards_caps_and_rejects(tmp_path):
-    assert writer.write_shards(tmp_path, "instance", [b"a", b"b"], 10) == (
-        "instance-00000-of-00002.tfrecord", "instance-00001-of-00002.tfrecord")
-    assert writer.write_shards(tmp_path / "empty", "class", [], 4) == ()
-    with pytest.raises(ValueError, match="num_shards must be >= 1, got 0"):
-        writer.write_shards(tmp_path, "instance", [b"a"], 0)
+def test_shard_writer_rejects_bad_names_and_bounds(tmp_path):
+    with writer.ShardWriter(tmp_path / "empty", "class", 100) as out:
+        assert out.close() == ()  # no records, no files
+    assert not (tmp_path / "empty").exists()
+    with pytest.raises(ValueError, match="max_shard_bytes must be >= 1, got 0"):
+        writer.ShardWriter(tmp_path, "instance", 0)
     with pytest.raises(ValueError, match="kind_name"):
-        writer.write_shards(tmp_path, "../x", [b"a"], 1)
+        writer.ShardWriter(tmp_path, "../x", 100)
 
 
 def test_remove_stale_outputs(tmp_path):
@@ -168,8 +182,7 @@ def test_remove_stale_outputs(tmp_path):
 def test_manifest_round_trip(data_dir):
     path, m = data_dir
     assert manifest_lib.read_manifest(path) == m
-    assert m.embedding_shape == EMB and m.instance_shards == (
-        "instance-00000-of-00002.tfrecord", "instance-00001-of-00002.tfrecord")
+    assert m.embedding_shape == EMB and m.instance_shards == ("instance-00000.tfrecord", "instance-00001.tfrecord")
     assert not [n for n in os.listdir(path) if n.startswith(writer.TMP_PREFIX)]
 
 

@@ -14,7 +14,6 @@ and the command exits with status 1; a clean directory prints "OK: ..." and exit
 
 import dataclasses
 import os
-import re
 import sys
 
 import numpy as np
@@ -26,6 +25,7 @@ from dbdist import common_flags
 from dbdist.config import model_config
 from dbdist.data import features, writer
 from dbdist.data.manifest import MANIFEST_NAME, read_manifest
+from dbdist.data.reader import tf_error_text
 
 _LIST_OF = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
 
@@ -64,15 +64,6 @@ class Verification:
         return (f"OK: {self.num_records} records in {self.num_shards} shards of {self.data_dir} "
                 f"({self.record_format}; {kinds}; {len(self.counts.get('instance', ()))} concept(s)); "
                 f"{len(self.warnings)} warning(s)")
-
-
-def tf_error_text(err):
-    """A TensorFlow error's message without the op/function decoration, on one line."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", err.message)
-    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
-    got = re.search(r"First \d+ elements of x:\s*\[([^\]]*)\]", text)  # tf.debugging.assert_* failures
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return f"{first}, got {got.group(1)}" if got else first
 
 
 def _check_fields(serialized, spec):
@@ -188,7 +179,7 @@ def _verify_shard(path, kind_name, checker):
 
 def _stray_files(data_dir, manifest):
     """Warnings for shards the manifest does not list and for temporary files."""
-    listed = set(manifest.instance_shards + manifest.class_shards)
+    listed = {name for kind in features.KIND_NAMES for name in manifest.shards(kind)}
     found = []
     for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(data_dir)):
         path = os.path.join(data_dir, name)

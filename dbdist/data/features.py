@@ -164,14 +164,6 @@ def feature_spec(layout: RecordLayout):
     return spec
 
 
-# Scalar fields the reader parses up front to order, pair and check records cheaply.
-ID_SPEC = {
-    KIND: tf.io.FixedLenFeature([], tf.int64),
-    CONCEPT: tf.io.FixedLenFeature([], tf.int64),
-    INDEX: tf.io.FixedLenFeature([], tf.int64),
-}
-
-
 def to_pixels(image_uint8):
     """uint8 images to float32 in [-1, 1], the range the VAE was trained on."""
     return tf.cast(image_uint8, tf.float32) / 127.5 - 1.0

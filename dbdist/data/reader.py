@@ -30,13 +30,21 @@ _KEYS = {
 }
 
 
+# Scalar fields read up front to order, pair and check records.
+_ID_KEYS = (features.KIND, features.CONCEPT, features.INDEX)
+
+
 class CorruptShardError(ValueError):
     """A shard that cannot be read or does not match the feature spec (names the shard)."""
 
 
-def _tf_error_text(err):
-    """The first line of a TensorFlow error without its '{{function_node ...}}' prefix."""
-    return re.sub(r"\{\{[^}]*\}\}\s*", "", err.message).splitlines()[0].strip()
+def tf_error_text(err):
+    """A TensorFlow error's message without the op/function decoration, on one line."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", err.message)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    got = re.search(r"First \d+ elements of x:\s*\[([^\]]*)\]", text)  # tf.debugging.assert_* failures
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"{first}, got {got.group(1)}" if got else first
 
 
 def _read_shard(path, layout):
@@ -44,13 +52,13 @@ def _read_shard(path, layout):
     try:
         parts = list(tf.data.TFRecordDataset(path).batch(1024))
         if not parts:
-            return tf.zeros([0], tf.string), {k: np.zeros([0], np.int64) for k in features.ID_SPEC}
+            return tf.zeros([0], tf.string), {k: np.zeros([0], np.int64) for k in _ID_KEYS}
         records = tf.concat(parts, 0)
         # Every field present with the right length; the heavy bytes are decoded later.
-        tf.io.parse_example(records, features.feature_spec(layout))
-        ids = {k: v.numpy() for k, v in tf.io.parse_example(records, features.ID_SPEC).items()}
+        parsed = tf.io.parse_example(records, features.feature_spec(layout))
+        ids = {k: parsed[k].numpy() for k in _ID_KEYS}
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
-        raise CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({_tf_error_text(err)}); "
+        raise CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({tf_error_text(err)}); "
                                 f"run python -m tfrecords_tools.verify --data_dir={os.path.dirname(path)}") from err
     return records, ids
 
@@ -63,7 +71,7 @@ def read_kind(data_dir, manifest, kind_name):
         raise ValueError(f"{data_dir} has no {kind_name} shards (num_{kind_name}={expected})")
     shards = [_read_shard(path, manifest.layout) for path in paths]
     records = tf.concat([r for r, _ in shards], 0)
-    ids = {k: np.concatenate([i[k] for _, i in shards]) for k in features.ID_SPEC}
+    ids = {k: np.concatenate([i[k] for _, i in shards]) for k in _ID_KEYS}
     index, count = ids[features.INDEX], len(ids[features.INDEX])
     order = np.argsort(index, kind="stable")
     if count != expected or not np.array_equal(index[order], np.arange(count)):
@@ -123,19 +131,21 @@ def _stream_indices(positions, num_records, kind_seed):
     return tf.gather_nd(perms, tf.stack([epochs - first, offsets], axis=1))
 
 
-def _class_indices(class_positions, concept, class_rows, seed):
-    """Class record of each example: position q of its concept's class stream, i.e.
-    perm(seed, concept, q // n)[q % n] over that concept's n class records."""
+def _class_indices(class_positions, concept, class_layout, seed):
+    """Class record of each example: position q of its concept c's class stream, i.e.
+    rows_c[perm(seed, c, q // n_c)[q % n_c]] over c's n_c class records.
+
+    `class_layout` = (rows grouped by concept, each concept's first slot, its count).
+    """
+    rows, starts, counts = class_layout
     picks = []
     for i in range(int(class_positions.shape[0])):  # the per-replica batch: static and small
-        q, pick = class_positions[i], tf.constant(0, tf.int64)
-        for c, rows in enumerate(class_rows):
-            n = len(rows)
-            concept_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), c)
-            perm = tf.random.experimental.stateless_shuffle(
-                tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(concept_seed, q // n))
-            pick = tf.where(tf.equal(concept[i], c), tf.gather(tf.constant(rows, tf.int64), perm[q % n]), pick)
-        picks.append(pick)
+        q, c = class_positions[i], concept[i]
+        n, start = tf.gather(counts, c), tf.gather(starts, c)
+        concept_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), c)
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(concept_seed, q // n))
+        picks.append(tf.gather(rows, start + perm[q % n]))
     return tf.stack(picks)
 
 
@@ -170,7 +180,10 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
     num_instance = int(instance_records.shape[0])
     if manifest.has_class:
         class_records, class_concepts = read_kind(data_dir, manifest, "class")
-        class_rows = [np.flatnonzero(class_concepts == c) for c in range(len(manifest.concepts))]
+        # Class rows grouped by concept: concept c owns rows[starts[c]:starts[c] + counts[c]].
+        counts = np.bincount(class_concepts, minlength=len(manifest.concepts)).astype(np.int64)
+        class_layout = (np.argsort(class_concepts, kind="stable").astype(np.int64),
+                        np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64), counts)
         # Rank of each instance record among its concept's, and each concept's instance count:
         # instance epoch e of concept c consumes class positions [e*n_c, (e+1)*n_c) of c's stream.
         rank = np.zeros(num_instance, np.int64)
@@ -189,7 +202,7 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
         if manifest.has_class:
             concept = tf.gather(instance_concepts, idx)
             class_positions = (positions // num_instance) * tf.gather(per_concept, concept) + tf.gather(rank, idx)
-            out["class"] = tf.gather(class_records, _class_indices(class_positions, concept, class_rows, seed))
+            out["class"] = tf.gather(class_records, _class_indices(class_positions, concept, class_layout, seed))
         return out
 
     def decode(element):

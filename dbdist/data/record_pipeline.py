@@ -12,13 +12,9 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-import time
 
 import numpy as np
-from absl import logging
-
 from dbdist.data import features, images, writer
-from dbdist.training.metrics_log import format_duration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +117,3 @@ class RecordPipeline:
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class Progress:
-    """Logs images done, images/s and ETA at most every `every_s` seconds (and at the end)."""
-
-    def __init__(self, total, label="images", every_s=10.0):
-        self.total, self.label, self.every_s = total, label, every_s
-        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
-
-    def __call__(self, count):
-        self.done += count
-        now = time.perf_counter() - self.start
-        if now - self.last >= self.every_s or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now, 1e-9)
-            logging.info("%s %d/%d  %.1f img/s  ETA %s", self.label, self.done, self.total, rate,
-                         format_duration((self.total - self.done) / max(rate, 1e-9)))

@@ -43,45 +43,6 @@ def write_bytes_atomically(path, data: bytes):
         raise
 
 
-def shard_names(kind_name, num_shards):
-    """Base names of the shards of one kind: `instance-00000-of-00002.tfrecord`, ..."""
-    return tuple(f"{kind_name}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}" for i in range(num_shards))
-
-
-def write_shards(output_dir, kind_name, serialized_examples, num_shards):
-    """Writes serialized tf.train.Examples into shards of `output_dir`; returns their base names.
-
-    Examples are split contiguously, so shard 0 holds the first ones. `num_shards` is
-    capped at the number of examples; no examples means no files and `()`.
-    """
-    output_dir = str(output_dir)
-    if not kind_name or "/" in kind_name or kind_name.startswith("."):
-        raise ValueError(f"kind_name must be a plain name such as 'instance', got {kind_name!r}")
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    examples = list(serialized_examples)
-    if not examples:
-        return ()
-    num_shards = min(num_shards, len(examples))
-    tf.io.gfile.makedirs(output_dir)
-    names = shard_names(kind_name, num_shards)
-    for i, name in enumerate(names):
-        path = os.path.join(output_dir, name)
-        tmp = temp_path(path)
-        start = i * len(examples) // num_shards
-        stop = (i + 1) * len(examples) // num_shards
-        try:
-            with tf.io.TFRecordWriter(tmp) as out:
-                for record in examples[start:stop]:
-                    out.write(record)
-            tf.io.gfile.rename(tmp, path, overwrite=True)
-        except BaseException:
-            if tf.io.gfile.exists(tmp):
-                tf.io.gfile.remove(tmp)
-            raise
-    return names
-
-
 class ShardWriter:
     """Streams serialized records into shards of at most `max_shard_bytes` each.
 
@@ -97,7 +58,7 @@ class ShardWriter:
         if max_shard_bytes < 1:
             raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
         self.output_dir, self.kind_name, self.max_shard_bytes = str(output_dir), kind_name, int(max_shard_bytes)
-        self.names, self.num_records = [], 0
+        self.names = []
         self._out = self._tmp = None
         self._bytes = 0
 
@@ -114,7 +75,6 @@ class ShardWriter:
             self.names.append(name)
         self._out.write(record)
         self._bytes += size
-        self.num_records += 1
 
     def _close_shard(self):
         self._out.close()
