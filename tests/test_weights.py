@@ -67,22 +67,36 @@ def _shapes(path):
     return [[a.shape for a in layer.arrays] for layer in read_layers(path)]
 
 
-@pytest.mark.parametrize("permute, message", [
-    # Two attention blocks of the same size, one after the other in the up path.
-    (lambda p, out: _swap_layers(p, out, "spatial_transformer_3", "spatial_transformer_4"),
-     r"layer #19 \('spatial_transformer_3' in the file, 'spatial_transformer_4' in model 'unet'\): "
-     r"it comes after 'spatial_transformer_4' \(#17\)"),
-    # A downsampling conv and an upsampling block's conv: both (3, 3, 64, 64) kernel + (64,) bias.
-    (lambda p, out: _swap_layers(p, out, "conv2d_11", "upsample"),
-     r"layer #8 \('upsample' in the file, 'conv2d_11' in model 'unet'\).*'conv2d' layers matched 'conv2d'"),
-    # The output norm's gamma and beta, both (32,).
-    (lambda p, out: _swap_variables(p, out, "group_normalization_29", "gamma", "beta"),
-     r"layer #25 \('group_normalization_29'.*variables are \['beta', 'gamma'\]; the model expects \['gamma', 'beta'\]"),
-])
-def test_a_permuted_file_whose_shapes_agree_is_refused(unet_and_file, tmp_path, permute, message):
+# Positions in the tiny UNet's layers with weights. Names are looked up, not written here:
+# Keras numbers layers per process, so they depend on what other tests built first.
+ATTENTION_UP_1, ATTENTION_UP_2 = 17, 19  # two attention blocks of one size, in the up path
+DOWNSAMPLE, UPSAMPLE = 8, 15  # a stride-2 conv and an upsampling block: (3, 3, 64, 64) kernel + (64,) bias
+OUTPUT_NORM = 25  # the output GroupNormalization: gamma and beta both (32,)
+
+
+@pytest.mark.parametrize("case", ["two attention blocks", "a conv and an upsample", "gamma and beta"])
+def test_a_permuted_file_whose_shapes_agree_is_refused(unet_and_file, tmp_path, case):
     unet, path = unet_and_file
+    names = [layer.name for layer in read_layers(path)]
     permuted = tmp_path / "permuted.h5"
-    permute(path, permuted)
+    if case == "two attention blocks":
+        first, second = names[ATTENTION_UP_1], names[ATTENTION_UP_2]
+        assert first.startswith("spatial_transformer") and second.startswith("spatial_transformer")
+        _swap_layers(path, permuted, first, second)
+        message = (rf"layer #{ATTENTION_UP_2} \('{first}' in the file, '{second}' in model 'unet'\): "
+                   rf"it comes after '{second}' \(#{ATTENTION_UP_1}\), though Keras numbered it earlier")
+    elif case == "a conv and an upsample":
+        conv, upsample = names[DOWNSAMPLE], names[UPSAMPLE]
+        assert conv.startswith("conv2d") and upsample.startswith("upsample")
+        _swap_layers(path, permuted, conv, upsample)
+        message = (rf"layer #{DOWNSAMPLE} \('{upsample}' in the file, '{conv}' in model 'unet'\): "
+                   r"the model's earlier 'conv2d' layers matched 'conv2d' layers, this one a 'upsample'")
+    else:
+        norm = names[OUTPUT_NORM]
+        assert norm.startswith("group_normalization")
+        _swap_variables(path, permuted, norm, "gamma", "beta")
+        message = (rf"layer #{OUTPUT_NORM} \('{norm}'.*its variables are \['beta', 'gamma'\]; "
+                   r"the model expects \['gamma', 'beta'\]")
     assert _shapes(permuted) == _shapes(path)  # by position and shape alone it would load
     before = _values(unet)
     with pytest.raises(ValueError, match=message) as info:
