@@ -121,17 +121,28 @@ class _LayoutCheck:
         )
 
     def layer(self, index, file_layer, model_layer):
-        (kind, number), (model_kind, _) = _kind_and_number(file_layer.name), _kind_and_number(model_layer.name)
+        """Numbering, kind and variable names of one layer."""
+        self._numbering(index, file_layer, model_layer)
+        self._kind(index, file_layer, model_layer)
+        self._variables(index, file_layer, model_layer)
+
+    def _numbering(self, index, file_layer, model_layer):
+        kind, number = _kind_and_number(file_layer.name)
         previous = self.last_of_kind.get(kind)
         if previous and _kind_and_number(previous[1])[1] >= number:
             self._fail(index, file_layer, model_layer,
                        f"it comes after '{previous[1]}' (#{previous[0]}), though Keras numbered it earlier")
         self.last_of_kind[kind] = (index, file_layer.name)
+
+    def _kind(self, index, file_layer, model_layer):
+        kind, model_kind = _kind_and_number(file_layer.name)[0], _kind_and_number(model_layer.name)[0]
         for mapping, key, value, side in ((self.kind_in_model, kind, model_kind, "file's"),
                                           (self.kind_in_file, model_kind, kind, "model's")):
             if mapping.setdefault(key, value) != value:
                 self._fail(index, file_layer, model_layer,
                            f"the {side} earlier '{key}' layers matched '{mapping[key]}' layers, this one a '{value}'")
+
+    def _variables(self, index, file_layer, model_layer):
         variables = _ordered_weights(model_layer)
         if len(file_layer.arrays) != len(variables):
             self._fail(index, file_layer, model_layer,
