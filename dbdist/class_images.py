@@ -4,12 +4,16 @@ DreamBooth regularises the subject with 100-300 images of its class drawn by the
 model before fine-tuning ("a photo of dog"). `fill_class_dir` tops a class folder
 up to the number wanted:
 
-- Image i of a prompt starts from noise seeded by (hash(prompt, seed), i) alone, so
-  the images do not depend on the batch size, the number of replicas or workers, or
-  on how often the command was interrupted.
-- Files are named `class-<index>-<hash of prompt, seed, index and sampler settings>.png`:
+- Files are named `class-<index>-<hash of prompt, seed, index, sampler settings, preset>.png`:
   two prompts, seeds or settings cannot collide, and a rerun regenerates only what
   is missing (every image already in the folder, the user's own too, counts).
+- Image i starts from noise seeded by the same values as its file name, (prompt, seed,
+  steps, guidance, preset) and i, and by nothing else: the images do not depend on the
+  batch size, the number of replicas or workers, or on how often the command was
+  interrupted. The settings are part of the key because a folder topped up after a
+  change of settings draws indices 0, 1, ... again (their names are new): from the
+  same noise those would be near-copies of the images already there. (Continuing at
+  fresh indices instead would make image i depend on the folder's history.)
 - Each file is written under a temporary name and renamed, so a killed run leaves
   no half-written image behind.
 
@@ -44,9 +48,11 @@ def _digest(*parts):
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()
 
 
-def prompt_seed(prompt, seed):
-    """A 63-bit seed of the prompt's images: two prompts do not share starting noise."""
-    return int(_digest("class-noise", prompt, seed)[:15], 16)
+def noise_seed(prompt, settings: ClassImageSettings, preset):
+    """A 63-bit seed of the images drawn with these settings, keyed as their file names are:
+    two prompts, seeds, step counts, guidance scales or presets do not share starting noise."""
+    return int(_digest("class-noise", prompt, settings.seed, settings.num_steps, settings.guidance_scale,
+                       preset)[:15], 16)
 
 
 def class_image_name(prompt, index, settings: ClassImageSettings, preset):
@@ -67,9 +73,9 @@ def plan(class_dir, prompt, num_wanted, settings, preset):
     return missing
 
 
-def initial_noise(prompt, seed, indices, shape):
-    """(len(indices),) + shape starting latents; image i depends only on (prompt, seed, i)."""
-    base = prompt_seed(prompt, seed)
+def initial_noise(prompt, settings, preset, indices, shape):
+    """(len(indices),) + shape starting latents; image i depends only on `noise_seed(...)` and i."""
+    base = noise_seed(prompt, settings, preset)
     return np.stack([np.random.default_rng([base, int(i)]).standard_normal(shape) for i in indices]).astype("float32")
 
 
@@ -142,7 +148,7 @@ def fill_class_dir(sampler, job, missing, encode, *, preset):
     for first in range(0, len(missing), batch):
         chunk = missing[first:first + batch]
         padded = chunk + [-1] * (batch - len(chunk))  # the last batch keeps its compiled shape
-        noise = initial_noise(job.class_prompt, settings.seed, [max(i, 0) for i in padded], shape)
+        noise = initial_noise(job.class_prompt, settings, preset, [max(i, 0) for i in padded], shape)
         drawn = sampler.draw(noise, unconditional, conditional, np.asarray(padded, np.int64))
         for index, image in drawn.items():
             images.save_png(image, os.path.join(job.class_dir, class_image_name(job.class_prompt, index, settings, preset)))

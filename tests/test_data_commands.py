@@ -89,6 +89,22 @@ def test_class_generation_is_resumable_and_draws_only_what_is_missing(two_concep
     assert {n: (toy / n).stat().st_mtime_ns for n in stamps} == stamps  # the others were not redrawn
 
 
+def test_topping_up_after_a_settings_change_draws_new_images(two_concepts, concept_records, tmp_path, vocab_path):
+    toy = tmp_path / "toy"
+    shutil.copytree(two_concepts / "toy", toy)  # 3 images drawn with 2 steps
+    before = _generated(toy)
+    run_command("make_tfrecords", model="tiny", instance_dir=two_concepts / "zzx", instance_prompt="a photo of zzx toy",
+                class_dir=toy, class_prompt="a photo of toy", num_class_images=4, output_dir=tmp_path / "rec",
+                vocab_path=vocab_path, class_num_steps=3, class_batch_size=2)
+    new = sorted(set(_generated(toy)) - set(before))
+    assert len(new) == 1 and new[0].startswith("class-00000-")  # index 0 again, under a new name
+    old = next(name for name in before if name.startswith("class-00000-"))
+    # From the same starting noise, 3 steps instead of 2 give a near-copy (mean |difference| ~3
+    # levels of 255); two images from different noise differ by ~70. 20 separates them.
+    difference = np.abs(_pixels(toy / new[0]) - _pixels(toy / old)).mean()
+    assert difference > 20, f"mean |difference| {difference:.1f}: a near-copy of {old}"
+
+
 def test_class_images_do_not_depend_on_replicas_or_batch(two_concepts, tmp_path, vocab_path):
     """Two replicas of a mirrored strategy draw the same files as one device (batch 2 vs 4)."""
     import subprocess

@@ -55,8 +55,10 @@ def test_tpu_strategy_without_a_tpu_says_so():
         make_strategy("tpu", tpu="local")
 
 
-def test_text_encoder_training_exports_it_and_generate_uses_it(records_dir, vocab_path, tmp_path):
+def test_text_encoder_training_exports_it_and_generate_uses_it(records_dir, vocab_path, tmp_path, monkeypatch):
     from distributed_runs import exported_arrays
+
+    from dbdist import generate
 
     from dbdist.config import model_config
     from dbdist.models import build_models
@@ -74,6 +76,19 @@ def test_text_encoder_training_exports_it_and_generate_uses_it(records_dir, voca
     assert (tmp_path / "run" / "validation" / "step-000002.png").exists()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["train_text_encoder"] is True
+    # The networks generate samples with are the ones it loads: catch them on the way.
+    loaded = []
+    load_networks = generate.load_networks
+
+    def keep_what_is_loaded(*args, **kwargs):
+        loaded.append(load_networks(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(generate, "load_networks", keep_what_is_loaded)
     run_command("generate", run_dir=tmp_path / "run", prompt="a photo of sks ball", num_images=1, num_steps=2,
                 output_dir=tmp_path / "samples", vocab_path=vocab_path)
     assert (tmp_path / "samples" / "grid.png").exists()
+    used = [np.asarray(v) for v in loaded[0].text_encoder.weights]
+    assert len(used) == len(trained) > 0
+    for a, b in zip(used, trained):  # the trained text encoder, not the one the run started from
+        np.testing.assert_array_equal(a, b)

@@ -1,4 +1,4 @@
-"""Tests for dbdist.text.tokenizer: ids must match keras-cv's CLIP tokenizer."""
+"""Tests for dbdist.text.tokenizer: ids must match CLIP's tokenizer (keras-cv's, after ftfy)."""
 
 import gzip
 import subprocess
@@ -36,21 +36,59 @@ PROMPTS = [
     "1",
     "🎉",
     "zero\u200bwidth and non\u00a0breaking",
+    # Text ftfy changes (CLIP cleans it; keras-cv does not):
+    "the dog\u2019s \u201cbest\u201d toy",
+    "cafe\u0301 cre\u0300me",
+    "\ufb01sh \ufb02ower",
+    "\uff53\uff4b\uff53 \uff24\uff2f\uff27",
+    "caf\u00c3\u00a9 mojibake",
 ]
+
+KNOWN_IDS = [49406, 320, 1125, 539, 48136, 1929, 49407]  # "a photo of sks dog", from shared/data/README.md
 
 
 def test_known_ids(tokenizer):
-    assert tokenizer.encode("a photo of sks dog") == [49406, 320, 1125, 539, 48136, 1929, 49407]
+    assert tokenizer.encode("a photo of sks dog") == KNOWN_IDS
     assert (tokenizer.start_token, tokenizer.end_token) == (49406, 49407)
 
 
-def test_matches_keras_cv(vocab_path, tokenizer):
+def test_matches_clip_that_is_keras_cv_after_ftfy(vocab_path, tokenizer):
+    # OpenAI CLIP's encode = keras-cv's SimpleTokenizer.encode on ftfy.fix_text(prompt): keras-cv
+    # copies CLIP's html.unescape / whitespace / lower() steps but leaves ftfy out.
     # keras_cv imports TensorFlow; keep that cost inside this one test.
+    import ftfy
     from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
 
     reference = SimpleTokenizer(bpe_path=vocab_path)
     for prompt in PROMPTS:
-        assert tokenizer.encode(prompt) == reference.encode(prompt), prompt
+        assert tokenizer.encode(prompt) == reference.encode(ftfy.fix_text(prompt)), prompt
+    # Where CLIP's cleaning matters, the expected ids are keras-cv's for the text ftfy gives.
+    for written, as_clip_reads_it in [
+        ("the dog\u2019s toy", "the dog's toy"),  # curly apostrophe, as caption files have
+        ("\u201cquoted\u201d", '"quoted"'),
+        ("cafe\u0301", "caf\u00e9"),  # decomposed -> composed (NFC)
+        ("\ufb01sh \ufb02ower", "fish flower"),  # ligatures
+        ("caf\u00c3\u00a9", "caf\u00e9"),  # UTF-8 read as Latin-1
+    ]:
+        assert tokenizer.encode(written) == reference.encode(as_clip_reads_it), written
+
+
+@pytest.mark.parametrize("written, same_as", [
+    ("the dog\u2019s toy", "the dog's toy"),
+    ("a cafe\u0301", "a caf\u00e9"),
+    ("Tom &amp; Jerry", "Tom & Jerry"),
+    ("Tom &amp;amp; Jerry", "Tom & Jerry"),
+    ("  a\tphoto \n of  ", "a photo of"),
+])
+def test_text_that_reads_the_same_encodes_the_same(tokenizer, written, same_as):
+    assert tokenizer.encode(written) == tokenizer.encode(same_as)
+
+
+def test_full_width_and_ligature_letters_encode_as_their_ascii(tokenizer):
+    # ftfy narrows full-width letters and splits ligatures; before, each became 3 UTF-8 byte tokens.
+    full_width = "\uff41 \uff50\uff48\uff4f\uff54\uff4f \uff4f\uff46 \uff53\uff4b\uff53 \uff24\uff2f\uff27"
+    assert tokenizer.encode(full_width) == KNOWN_IDS  # "ａ ｐｈｏｔｏ ｏｆ ｓｋｓ ＤＯＧ"
+    assert tokenizer.encode("a photo o\ufb00") == tokenizer.encode("a photo off")  # "ﬀ" ligature
 
 
 def test_tokenize_pads_with_end_token(tokenizer):
@@ -114,6 +152,29 @@ def test_remote_vocab_copied_to_cache(vocab_path, tmp_path, monkeypatch):
     assert resolve_vocab_path("file://" + vocab_path) == local
     with pytest.raises(FileNotFoundError, match="nope.gz"):
         resolve_vocab_path("file://" + str(tmp_path / "nope.gz"))
+
+
+def test_remote_vocab_that_is_another_file_is_refused(vocab_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    other = tmp_path / "bpe_simple_vocab_16e6.txt.gz"  # right name, right format, other merges
+    with gzip.open(vocab_path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    with gzip.open(other, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines[:1] + lines[2:] + lines[1:2]))
+    with pytest.raises(ValueError, match="924691ac288e54409236115652ad4aa2") as info:
+        resolve_vocab_path("file://" + str(other))
+    assert str(other) in str(info.value) and "SHA-256" in str(info.value)
+    assert not list((tmp_path / "home").rglob("*bpe_simple_vocab*"))  # nothing cached
+
+
+def test_damaged_cached_vocab_is_fetched_again(vocab_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    local = resolve_vocab_path("file://" + vocab_path)
+    with open(local, "wb") as f:
+        f.write(b"truncated")
+    assert resolve_vocab_path("file://" + vocab_path) == local
+    with open(local, "rb") as a, open(vocab_path, "rb") as b:
+        assert a.read() == b.read()
 
 
 def test_not_gzip_vocab(tmp_path):

@@ -1,9 +1,11 @@
 """CLIP's byte-level BPE tokenizer, as Stable Diffusion's text encoders expect it.
 
 Written for dbdist rather than imported from keras-cv so that tokenizing (done in
-the input pipeline and in tests) needs neither TensorFlow nor keras-cv. Its output
-must match keras-cv 0.9.0's `SimpleTokenizer.encode` id for id, because the text
-encoder weights were trained on exactly those ids; tests/test_tokenizer.py checks it.
+the input pipeline and in tests) needs neither TensorFlow nor keras-cv. Text is
+cleaned as OpenAI CLIP's own tokenizer cleans it (ftfy, HTML unescape, whitespace),
+which the text encoders were trained on; keras-cv 0.9.0's `SimpleTokenizer` skips
+ftfy, so our ids equal keras-cv's on the ftfy-fixed text, id for id.
+tests/test_tokenizer.py checks both.
 """
 
 import gzip
@@ -11,6 +13,7 @@ import hashlib
 import html
 import os
 
+import ftfy
 import numpy as np
 import regex
 
@@ -43,6 +46,21 @@ class PromptTooLongError(ValueError):
             f"Prompt {shown!r} encodes to {num_tokens} tokens (start and end tokens "
             f"included), more than the maximum of {max_length}; shorten it.")
         self.prompt, self.num_tokens, self.max_length = prompt, num_tokens, max_length
+
+
+def clean_text(text):
+    r"""The text CLIP tokenizes: OpenAI CLIP's `whitespace_clean(basic_clean(text)).lower()`.
+
+    From github.com/openai/CLIP, clip/simple_tokenizer.py:
+        basic_clean: ftfy.fix_text(text); html.unescape(html.unescape(text)); .strip()
+        whitespace_clean: re.sub(r'\s+', ' ', text).strip()
+    ftfy.fix_text uncurls quotes (dog\u2019s -> dog's), splits ligatures, narrows full-width
+    letters, repairs mojibake and normalises to NFC (a decomposed "cafe\u0301" becomes "caf\u00e9"),
+    so text that reads the same encodes to the same ids, as in CLIP's training.
+    HTML is unescaped twice because captions scraped from the web are often double-escaped.
+    """
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return _WHITESPACE.sub(" ", text).strip().lower()
 
 
 def _byte_alphabet():
@@ -114,12 +132,9 @@ class ClipTokenizer:
         return pieces
 
     def encode(self, text):
-        """Returns [start] + BPE ids + [end], exactly as keras-cv's SimpleTokenizer."""
-        # Captions scraped from the web are often double-escaped ("&amp;amp;").
-        text = html.unescape(html.unescape(text)).strip()
-        text = _WHITESPACE.sub(" ", text).strip().lower()
+        """Returns [start] + BPE ids + [end] of the cleaned text (see `clean_text`)."""
         ids = [self.start_token]
-        for word in _WORD_PATTERN.findall(text):
+        for word in _WORD_PATTERN.findall(clean_text(text)):
             mapped = "".join(self._byte_char[b] for b in word.encode("utf-8"))
             ids.extend(self._ids[piece] for piece in self._bpe(mapped))
         ids.append(self.end_token)
@@ -174,7 +189,8 @@ def resolve_vocab_path(vocab_path=None):
     """Returns a local path to the CLIP BPE vocabulary.
 
     None or "" downloads (and caches) the file keras-cv uses; "scheme://..." (e.g.
-    gs://) is copied to a local cache once; anything else must be an existing file.
+    gs://) is copied to a local cache once, and refused unless it is that same file
+    (SHA-256); anything else must be an existing file.
     """
     if not vocab_path:
         import keras  # Lazy: only the download needs it.
@@ -187,14 +203,21 @@ def resolve_vocab_path(vocab_path=None):
     return local
 
 
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()  # 1.3 MB: one read is fine
+
+
 def _copy_remote(url):
     import tensorflow as tf  # Lazy: only remote paths need gfile.
 
-    # Keyed by URL so different remote files never share a cache entry.
+    # Keyed by URL so different remote files never share a cache entry; the hash is
+    # checked on every use, so neither a wrong remote file nor a damaged or
+    # older cache entry is tokenized with.
     key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
     cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "dbdist")
     local = os.path.join(cache_dir, f"{key}-{os.path.basename(url)}")
-    if os.path.isfile(local):
+    if os.path.isfile(local) and _sha256(local) == VOCAB_SHA256:
         return local
     if not tf.io.gfile.exists(url):
         raise _missing(url)
@@ -202,5 +225,11 @@ def _copy_remote(url):
     # Temp name + rename so a crash or a concurrent worker never leaves half a file.
     tmp = f"{local}.tmp{os.getpid()}"
     tf.io.gfile.copy(url, tmp, overwrite=True)
+    got = _sha256(tmp)
+    if got != VOCAB_SHA256:
+        os.remove(tmp)
+        raise ValueError(
+            f"--vocab_path {url} has SHA-256 {got}, expected {VOCAB_SHA256} "
+            f"(CLIP's {VOCAB_FILENAME}, which every Stable Diffusion text encoder was trained with)")
     os.replace(tmp, local)
     return local

@@ -1,8 +1,9 @@
 """Where each network's weights come from: a `--weights` directory or keras-cv's published files.
 
 A `--weights` directory (local or gs://) holds keras-cv layout `.h5` files,
-named as keras-cv publishes them or as dbdist exports them; the first name
-found wins. Without `--weights`, `sd-v1`/`sd-v2` fetch keras-cv's published
+named as dbdist exports them or as keras-cv publishes them; the first name
+found wins, and another preset's published file never does (one folder may
+hold both SD 1.x's and SD 2.x's). Without `--weights`, `sd-v1`/`sd-v2` fetch keras-cv's published
 files, checked against their SHA-256, into Keras' cache, exactly as keras-cv
 does. `tiny` has no published weights: it is random-initialised from a seed.
 """
@@ -48,25 +49,48 @@ PUBLISHED = {
     },
 }
 
-# File names accepted in a --weights directory, in order of preference.
-FILE_NAMES = {
-    "unet": ("unet.h5", "diffusion_model.h5", "kcv_diffusion_model.h5", "diffusion_model_v2_1.h5"),
-    "text_encoder": ("text_encoder.h5", "kcv_encoder.h5", "text_encoder_v2_1.h5"),
-    "vae_encoder": ("vae_encoder.h5", "image_encoder.h5"),
-    "vae_decoder": ("vae_decoder.h5", "decoder.h5", "kcv_decoder.h5"),
-}
+# Names any preset's file may have: dbdist's exports first (a user who put one there meant
+# it), then keras-cv's class names. Each preset's published names come between them.
+_DBDIST_NAMES = {"unet": "unet.h5", "text_encoder": "text_encoder.h5",
+                 "vae_encoder": "vae_encoder.h5", "vae_decoder": "vae_decoder.h5"}
+_KERAS_CV_CLASS_NAMES = {"unet": ("diffusion_model.h5",), "text_encoder": (),
+                         "vae_encoder": ("image_encoder.h5",), "vae_decoder": ("decoder.h5",)}
 
 
-def find_in_directory(weights_dir, network):
-    """Path of `network`'s file in `weights_dir`; FileNotFoundError naming what was expected."""
+def _published_name(preset, network):
+    return os.path.basename(PUBLISHED[preset][network][0]) if preset in PUBLISHED else None
+
+
+def file_names(preset, network):
+    """Names accepted in a --weights directory for (preset, network), in order of preference."""
+    names = [_DBDIST_NAMES[network], _published_name(preset, network), *_KERAS_CV_CLASS_NAMES[network]]
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def _other_presets_files(weights_dir, preset, network):
+    """'kcv_diffusion_model.h5 (sd-v1's)', ... for other presets' published files in the folder."""
+    mine = set(file_names(preset, network))
+    found = []
+    for other in PUBLISHED:
+        name = _published_name(other, network)
+        if other != preset and name not in mine and remote_files.exists(os.path.join(weights_dir, name)):
+            found.append(f"{name} ({other}'s)")
+    return found
+
+
+def find_in_directory(weights_dir, network, preset):
+    """Path of `network`'s file for `preset` in `weights_dir`; FileNotFoundError naming what was expected."""
     if not remote_files.exists(weights_dir):
         raise FileNotFoundError(f"--weights directory {weights_dir} does not exist")
-    for name in FILE_NAMES[network]:
+    names = file_names(preset, network)
+    for name in names:
         path = os.path.join(weights_dir, name)
         if remote_files.exists(path):
             return path
+    others = _other_presets_files(weights_dir, preset, network)
     raise FileNotFoundError(
-        f"--weights directory {weights_dir} has no {network} weights; expected one of {', '.join(FILE_NAMES[network])}"
+        f"--weights directory {weights_dir} has no {preset} {network} weights; expected one of {', '.join(names)}"
+        + (f"; it has {', '.join(others)}" if others else "")
     )
 
 
@@ -85,7 +109,7 @@ def download_published(preset, network):
 def resolve(preset, network, weights_dir=""):
     """Path of the weights to load for `network`, or None for random initialisation (tiny)."""
     if weights_dir:
-        return find_in_directory(weights_dir, network)
+        return find_in_directory(weights_dir, network, preset)
     if preset in PUBLISHED:
         return download_published(preset, network)
     return None
