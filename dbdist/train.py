@@ -62,7 +62,7 @@ flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtyp
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps (a multiple of --steps_per_loop).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
-flags.DEFINE_integer("validation_every", 0, "Draw --validation_prompt images every this many steps (0: never).")
+flags.DEFINE_integer("validation_every", 0, "Draw --validation_prompt images every this many steps (a multiple of --steps_per_loop; 0: never).")
 flags.DEFINE_string("validation_prompt", "", "Prompt of the validation images.")
 flags.DEFINE_bool(
     "center_crop", True, "Crop the centre of each stored image; --nocenter_crop takes a random square instead "
