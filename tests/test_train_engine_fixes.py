@@ -1,4 +1,5 @@
-"""Engine defects of issue 9, each through `train` on the tiny preset (in-process, seconds each)."""
+"""Engine defects of issue 9 on the tiny preset: the step's maths on hand-made tensors, the rest
+through `train` run in-process, with a spy on what it built, compiled and applied."""
 
 import json
 
