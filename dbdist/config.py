@@ -178,9 +178,11 @@ class OptimConfig:
     weight_decay: float = 1e-2
     epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    # constant | constant_with_warmup | linear | cosine | polynomial (decay to 0 at the last step)
+    # constant | constant_with_warmup | linear | cosine | polynomial (decay to 0, polynomial to 1e-7, at the last step)
     lr_schedule: str = "constant"
     lr_warmup_steps: int = 0
+    # Exponent of the polynomial decay (1.0: linear down to 1e-7, as diffusers' default).
+    lr_power: float = 1.0
     # Only with train_text_encoder: the text encoder's own AdamW learning rate.
     text_encoder_learning_rate: float = 5e-6
 
@@ -256,6 +258,13 @@ class RunConfig:
             raise ValueError(
                 f"checkpoint_every ({t.checkpoint_every}) must be a multiple of steps_per_loop ({t.steps_per_loop}): "
                 "checkpoints are taken between loops"
+            )
+        if t.validation_every < 0:
+            raise ValueError(f"validation_every must be >= 0 (0: never), got {t.validation_every}")
+        if t.validation_every % t.steps_per_loop:
+            raise ValueError(
+                f"validation_every ({t.validation_every}) must be a multiple of steps_per_loop ({t.steps_per_loop}): "
+                "validation images are drawn between loops"
             )
         if t.validation_every and not t.validation_prompt:
             raise ValueError("validation_every needs a validation_prompt")

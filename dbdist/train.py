@@ -28,6 +28,7 @@ from dbdist.gcs_paths import check_buckets
 from dbdist.plots import plot_loss_curve
 from dbdist.training import cloud_env
 from dbdist.training import input as train_input
+from dbdist.training import lost_worker
 from dbdist.training.checkpointing import Checkpoints, check_resume_compatible
 from dbdist.training.loop import make_train_loop
 from dbdist.training.loss import LossSettings
@@ -49,8 +50,9 @@ flags.DEFINE_integer("grad_accum_steps", 1, "Micro-batches of --global_batch_siz
 flags.DEFINE_integer("steps_per_loop", 1, "Steps inside one tf.function call (fewer host round trips on TPU/GPU).")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile each replica's forward/backward pass.")
 flags.DEFINE_float("learning_rate", 5e-6, "AdamW learning rate of the UNet.")
-flags.DEFINE_enum("lr_schedule", "constant", SCHEDULES, "Learning-rate schedule (decays reach 0 at the last step).")
+flags.DEFINE_enum("lr_schedule", "constant", SCHEDULES, "Learning-rate schedule (decays reach 0 at the last step; polynomial 1e-7).")
 flags.DEFINE_integer("lr_warmup_steps", 0, "Linear warm-up steps (constant_with_warmup, linear, cosine, polynomial).")
+flags.DEFINE_float("lr_power", 1.0, "Exponent of --lr_schedule=polynomial's decay to 1e-7 (as diffusers).")
 flags.DEFINE_float("weight_decay", 1e-2, "AdamW decoupled weight decay.")
 flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this global norm.")
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
@@ -60,7 +62,7 @@ flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtyp
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps (a multiple of --steps_per_loop).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
-flags.DEFINE_integer("validation_every", 0, "Draw --validation_prompt images every this many steps (0: never).")
+flags.DEFINE_integer("validation_every", 0, "Draw --validation_prompt images every this many steps (a multiple of --steps_per_loop; 0: never).")
 flags.DEFINE_string("validation_prompt", "", "Prompt of the validation images.")
 flags.DEFINE_bool(
     "center_crop", True, "Crop the centre of each stored image; --nocenter_crop takes a random square instead "
@@ -80,6 +82,7 @@ def _run_config(model):
             max_grad_norm=FLAGS.max_grad_norm,
             lr_schedule=FLAGS.lr_schedule,
             lr_warmup_steps=FLAGS.lr_warmup_steps,
+            lr_power=FLAGS.lr_power,
             text_encoder_learning_rate=FLAGS.text_encoder_learning_rate,
         ),
         train=TrainConfig(
@@ -151,13 +154,18 @@ def _build_state(config, strategy, need_vae_encoder=True):
     return state
 
 
-def _validation_sampler(config, state, strategy):
-    """A Sampler over the live UNet (and text encoder), with a frozen decoder and the tokenizer."""
+def _validation_sampler(config, state):
+    """A Sampler over the live UNet (and text encoder), with a frozen decoder and the tokenizer.
+
+    Only the chief draws validation images, so the networks only it uses are built outside
+    the strategy's scope, as plain local variables: in the scope of MultiWorkerMirroredStrategy
+    creating a variable is a collective the other workers would have to join (building them
+    there on every worker instead would hold a decoder and text encoder on each for nothing).
+    """
     from dbdist.sampling import Sampler
     from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 
-    with strategy.scope():
-        extra = load_networks(config.model, ("vae_decoder", "text_encoder"), config.runtime.weights, seed=config.train.seed)
+    extra = load_networks(config.model, ("vae_decoder", "text_encoder"), config.runtime.weights, seed=config.train.seed)
     extra.unet = state.unet
     if state.text_encoder is not None:
         extra.text_encoder = state.text_encoder
@@ -244,7 +252,7 @@ def main(argv):
         strategy, state, settings, max_grad_norm=config.optim.max_grad_norm,
         grad_accum_steps=train.grad_accum_steps, jit_compile=config.runtime.jit_compile,
     )
-    sampler = _validation_sampler(config, state, strategy) if train.validation_every and chief else None
+    sampler = _validation_sampler(config, state) if train.validation_every and chief else None
 
     # Stage 7: the loop.
     iterator = iter(dataset)
@@ -253,27 +261,28 @@ def main(argv):
     summaries = Summaries(train.output_dir) if chief else None
     preemption = PreemptionWatcher()
     step, started = start_step, time.perf_counter()
-    while step < train.max_train_steps:
-        count = min(train.steps_per_loop, train.max_train_steps - step)
-        loop_start = time.perf_counter()
-        history = {k: v.numpy() for k, v in loop(iterator, tf.constant(count)).items()}
-        seconds_per_step = (time.perf_counter() - loop_start) / count
-        for i in range(count):
-            step += 1
-            metrics = {k: float(v[i]) for k, v in history.items()}
-            if not math.isfinite(metrics["loss"]) and state.loss_scale is None:
-                raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}; stopping (nothing exported)")
-            if chief and (step % train.log_every == 0 or step == train.max_train_steps):
-                metrics["learning_rate"] = float(keras.ops.convert_to_numpy(state.optimizer.learning_rate))
-                summaries.scalars(log.log(step, metrics, seconds_per_step))
-        if sampler and (step % train.validation_every == 0):
-            pictures = sampler.images(train.validation_prompt, num_images=2, seed=train.seed, num_steps=25)
-            summaries.validation_images(step, train.validation_prompt, pictures)
-        stop = _any_worker(strategy, preemption.requested)
-        if step % train.checkpoint_every == 0 or step == train.max_train_steps or stop:
-            checkpoints.save(step)
-        if stop:
-            raise Preempted(step)
+    # A worker that dies makes the others' next collective fail: say so, not TensorFlow's error.
+    with lost_worker.reported(strategy, lambda: checkpoints.last_step):
+        while step < train.max_train_steps:
+            count = _steps_in_next_loop(step, train)
+            loop_start = time.perf_counter()
+            history = {k: v.numpy() for k, v in loop(iterator, tf.constant(count)).items()}
+            seconds_per_step = (time.perf_counter() - loop_start) / count
+            for i in range(count):
+                step += 1
+                metrics = {k: float(v[i]) for k, v in history.items()}
+                if not math.isfinite(metrics["loss"]) and state.loss_scale is None:
+                    raise FloatingPointError(f"non-finite loss {metrics['loss']} at step {step}; stopping (nothing exported)")
+                if chief and (step % train.log_every == 0 or step == train.max_train_steps):
+                    summaries.scalars(log.log(step, metrics, seconds_per_step))
+            if sampler and (step % train.validation_every == 0):
+                pictures = sampler.images(train.validation_prompt, num_images=2, seed=train.seed, num_steps=25)
+                summaries.validation_images(step, train.validation_prompt, pictures)
+            stop = _any_worker(strategy, preemption.requested)
+            if step % train.checkpoint_every == 0 or step == train.max_train_steps or stop:
+                checkpoints.save(step)
+            if stop:
+                raise Preempted(step)
     logging.info("trained to step %d in %s", step, format_duration(time.perf_counter() - started))
 
     # Stage 8: export (chief only).
@@ -286,6 +295,19 @@ def main(argv):
         if records:
             plot_loss_curve(records, os.path.join(train.output_dir, "loss_curve.png"))
         logging.info("exported %s", export_dir)
+
+
+def _steps_in_next_loop(step, train):
+    """Up to --steps_per_loop steps, ending at the next checkpoint or validation step: after a
+    resume at a step that is not a multiple of --steps_per_loop, loops would step over them."""
+    boundaries = [train.max_train_steps, _next_multiple(step, train.checkpoint_every)]
+    if train.validation_every:
+        boundaries.append(_next_multiple(step, train.validation_every))
+    return min([train.steps_per_loop] + [b - step for b in boundaries])
+
+
+def _next_multiple(step, every):
+    return (step // every + 1) * every
 
 
 def _any_worker(strategy, flag):

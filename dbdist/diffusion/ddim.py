@@ -69,7 +69,8 @@ def ddim_update(predict, latents, both_contexts, t, a_t, a_prev, guidance_scale,
     """
     batch = ops.shape(latents)[0]
     t_emb = timestep_embedding(ops.full((2 * batch,), t, dtype="int32"), time_embedding_dim)
-    output = predict(ops.concatenate([latents, latents], axis=0), t_emb, both_contexts)
+    # Under mixed precision the UNet answers in bf16/fp16; guidance and the update stay in float32.
+    output = ops.cast(predict(ops.concatenate([latents, latents], axis=0), t_emb, both_contexts), "float32")
     uncond, cond = output[:batch], output[batch:]
     output = uncond + guidance_scale * (cond - uncond)
     if v_prediction:

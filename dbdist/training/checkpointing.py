@@ -64,6 +64,7 @@ class Checkpoints:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, worker_scratch_dir(strategy, self.directory), max_to_keep=keep
         )
+        self.last_step = None  # of the newest checkpoint restored or saved by this process
 
     def latest(self):
         return tf.train.latest_checkpoint(self.directory)
@@ -74,11 +75,12 @@ class Checkpoints:
         if path is None:
             return 0
         self.checkpoint.restore(path).assert_existing_objects_matched()
-        step = int(self.checkpoint.step.numpy())
+        step = self.last_step = int(self.checkpoint.step.numpy())
         logging.info("resumed from %s at step %d", path, step)
         return step
 
     def save(self, step):
         path = self.manager.save(checkpoint_number=step)
+        self.last_step = step
         logging.info("checkpoint %s", path)
         return path

@@ -7,14 +7,20 @@ import tensorflow as tf
 from dbdist.training.step import micro_batch_gradients, replica_train_step
 
 METRIC_NAMES = ("loss", "instance_loss", "prior_loss", "grad_norm", "skipped")
+# The learning rate each step's update used, per optimizer (the text encoder's when it is trained).
+LEARNING_RATE_NAMES = ("learning_rate", "text_encoder_learning_rate")
 
 
 def make_train_loop(strategy, state, settings, *, max_grad_norm, grad_accum_steps=1, jit_compile=False):
     """Returns loop(iterator, num_steps) -> {metric: (num_steps,) tensor}, one value per step.
 
     Loss terms are summed over replicas (each replica's share is already / global
-    batch); grad_norm and skipped are the same on every replica.
+    batch); grad_norm and skipped are the same on every replica. The learning rates
+    are read in the step, before its update, from the iteration that update uses:
+    read after the loop, every step of it would show the rate of the next one.
     """
+    optimizers = [optimizer for _, optimizer in state.variable_groups()]
+    names = METRIC_NAMES + LEARNING_RATE_NAMES[: len(optimizers)]
     replicas = strategy.num_replicas_in_sync
     compute = functools.partial(micro_batch_gradients, state, settings=settings)
     if jit_compile:
@@ -35,14 +41,18 @@ def make_train_loop(strategy, state, settings, *, max_grad_norm, grad_accum_step
     def loop(iterator, num_steps):
         def body(i, history):
             batches = tuple(next(iterator) for _ in range(grad_accum_steps))
-            per_replica = strategy.run(replica_fn, args=batches)
-            history = [h.write(i, reduced(per_replica, name)) for h, name in zip(history, METRIC_NAMES)]
+            # Keras' apply() uses schedule(iterations), then increments iterations.
+            learning_rates = [tf.cast(optimizer.learning_rate, tf.float32) for optimizer in optimizers]
+            with tf.control_dependencies(learning_rates):
+                per_replica = strategy.run(replica_fn, args=batches)
+            values = [reduced(per_replica, name) for name in METRIC_NAMES] + learning_rates
+            history = [h.write(i, value) for h, value in zip(history, values)]
             with tf.control_dependencies([h.flow for h in history]):
                 state.step.assign_add(1)
             return i + 1, history
 
-        history = [tf.TensorArray(tf.float32, size=num_steps) for _ in METRIC_NAMES]
+        history = [tf.TensorArray(tf.float32, size=num_steps) for _ in names]
         _, history = tf.while_loop(lambda i, _: i < num_steps, body, (tf.constant(0), history))
-        return {name: h.stack() for name, h in zip(METRIC_NAMES, history)}
+        return {name: h.stack() for name, h in zip(names, history)}
 
     return loop

@@ -87,7 +87,9 @@ def build_optimizer(optim_config, learning_rate=None, total_steps=1):
     base = optim_config.learning_rate if learning_rate is None else learning_rate
     schedule = base
     if optim_config.lr_schedule != "constant" or optim_config.lr_warmup_steps:
-        schedule = WarmupThenDecay(base, optim_config.lr_schedule, optim_config.lr_warmup_steps, total_steps)
+        schedule = WarmupThenDecay(
+            base, optim_config.lr_schedule, optim_config.lr_warmup_steps, total_steps, power=optim_config.lr_power
+        )
     return EngineAdamW(
         learning_rate=schedule,
         beta_1=optim_config.beta_1,

@@ -4,18 +4,30 @@ import keras
 from keras import ops
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
+# Where polynomial decay ends: diffusers' get_polynomial_decay_schedule_with_warmup
+# (src/diffusers/optimization.py) decays (lr - lr_end) * remaining**power + lr_end with
+# lr_end=1e-7, and its DreamBooth script passes power=--lr_power (default 1.0).
+POLYNOMIAL_END_LEARNING_RATE = 1e-7
 
 
 class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """lr * step/warmup for `warmup_steps`, then `kind`'s decay to 0 by `total_steps` (as diffusers)."""
+    """lr * step/warmup for `warmup_steps`, then `kind`'s decay by `total_steps` (as diffusers):
+    to 0, or for polynomial to POLYNOMIAL_END_LEARNING_RATE as (1 - progress)**power."""
 
-    def __init__(self, learning_rate, kind="constant", warmup_steps=0, total_steps=1, power=2.0):
+    def __init__(self, learning_rate, kind="constant", warmup_steps=0, total_steps=1, power=1.0):
         if kind not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}")
         if kind == "constant" and warmup_steps:
             raise ValueError("lr_schedule=constant has no warm-up; use constant_with_warmup")
         if warmup_steps < 0 or warmup_steps > max(total_steps, 0):
             raise ValueError(f"lr_warmup_steps must be in [0, {total_steps}], got {warmup_steps}")
+        if kind == "polynomial" and not learning_rate > POLYNOMIAL_END_LEARNING_RATE:
+            raise ValueError(
+                f"lr_schedule=polynomial decays to {POLYNOMIAL_END_LEARNING_RATE:g}: the learning rate must be above it, "
+                f"got {learning_rate:g}"
+            )
+        if power <= 0:
+            raise ValueError(f"lr_power must be > 0, got {power}")
         self.learning_rate = learning_rate
         self.kind = kind
         self.warmup_steps = warmup_steps
@@ -35,7 +47,8 @@ class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
         elif self.kind == "cosine":
             decay = 0.5 * (1.0 + ops.cos(3.141592653589793 * progress))
         else:
-            decay = (1.0 - progress) ** self.power
+            end = POLYNOMIAL_END_LEARNING_RATE
+            return warm * ((self.learning_rate - end) * (1.0 - progress) ** self.power + end)
         return self.learning_rate * warm * decay
 
     def get_config(self):

@@ -2,7 +2,7 @@
 
 Order, each fixed by correctness:
 1. loss on this replica's examples, divided by the GLOBAL batch (loss.py), and
-   its gradients, summed over `grad_accum_steps` micro-batches on the replica;
+   its gradients, made dense, summed over `grad_accum_steps` micro-batches on the replica;
 2. gradients summed over replicas, once;
 3. fp16: unscale, and decide overflow from the summed gradients (same on all);
 4. clip by global norm AFTER the sum (clipping each replica's part differs);
@@ -48,7 +48,10 @@ def micro_batch_gradients(state: TrainState, batch, randomness, settings: LossSe
             state.unet, state.vae_encoder, state.schedule, batch, randomness, settings, text_encoder=state.text_encoder
         )
         scaled = loss * state.loss_scale.scale if state.loss_scale is not None else loss
-    gradients = tape.gradient(scaled, variables)
+    # The token embedding's gradient arrives as tf.IndexedSlices, one row per token
+    # occurrence: `+` cannot sum them, and the global norm of repeated rows (padding
+    # repeats one token) is not the norm of their sum. Dense, as PyTorch's embedding gradient.
+    gradients = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
     return gradients, {"loss": loss, **terms}
 
 

@@ -7,7 +7,9 @@ import tensorflow as tf
 
 from dbdist.data import images
 
-SCALARS = ("loss", "instance_loss", "prior_loss", "learning_rate", "grad_norm", "images_per_sec")
+SCALARS = (
+    "loss", "instance_loss", "prior_loss", "learning_rate", "text_encoder_learning_rate", "grad_norm", "images_per_sec",
+)
 
 
 class Summaries:
