@@ -68,6 +68,7 @@ history = loop(iter(dataset), tf.constant(1))
 local = [v.values if hasattr(v, "values") else (v,) for v in models.unet.trainable_variables]
 replicas_identical = all(all(np.array_equal(c.numpy(), parts[0].numpy()) for c in parts) for parts in local)
 print(json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
     "skipped": float(history["skipped"][0]),
     "loss_scale": float(state.loss_scale.scale.numpy()),
     "weights_unchanged": all(np.array_equal(a, v.numpy()) for a, v in zip(before, models.unet.trainable_variables)),

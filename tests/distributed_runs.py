@@ -28,8 +28,9 @@ def train_argv(**flags):
     return [sys.executable, "-m", "dbdist.train"] + [f"--{k}={v}" for k, v in flags.items()]
 
 
-def start_train(log_path, tf_config=None, **flags):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+def start_train(log_path, tf_config=None, extra_env=None, **flags):
+    """Starts `python -m dbdist.train` with `flags`, its output in `log_path`; `extra_env` adds variables."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
@@ -38,9 +39,18 @@ def start_train(log_path, tf_config=None, **flags):
 
 
 def run_train(log_path, timeout=900, **flags):
-    process = start_train(log_path, **flags)
+    wait_train(start_train(log_path, **flags), log_path, timeout)
+
+
+def wait_train(process, log_path, timeout=900):
     code = process.wait(timeout=timeout)
     assert code == 0, f"train exited {code}:\n{pathlib.Path(log_path).read_text()[-4000:]}"
+
+
+def assert_ran_with(log_path, strategy, replicas):
+    """The replica count that actually ran (train logs it once the strategy exists)."""
+    expected = f"strategy {strategy} with {replicas} replica(s)"
+    assert expected in pathlib.Path(log_path).read_text(), f"{log_path} does not say {expected!r}"
 
 
 def vertex_tf_config(addresses, index, job=None):

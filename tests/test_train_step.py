@@ -94,25 +94,85 @@ def _state(tiny, learning_rate, loss_scale=None):
     )
 
 
-def _step(state, batch, settings, max_grad_norm):
+def _step(state, batches, settings, max_grad_norm):
     return replica_train_step(
-        state, [batch], settings, max_grad_norm, lambda b, r: micro_batch_gradients(state, b, r, settings=settings)
+        state, list(batches), settings, max_grad_norm,
+        lambda b, r: micro_batch_gradients(state, b, r, settings=settings),
     )
+
+
+def _spy_on_applied_gradients(state, monkeypatch):
+    """Records the gradients the step hands to the optimizer (after the sum and clipping), then applies them."""
+    applied = []
+    apply = state.optimizer.apply
+
+    def spy(gradients, variables):
+        applied.append([keras.ops.convert_to_numpy(g).copy() for g in gradients])
+        return apply(gradients, variables)
+
+    monkeypatch.setattr(state.optimizer, "apply", spy)
+    return applied
+
+
+def _global_norm(arrays):
+    return float(np.sqrt(sum(np.sum(np.square(a.astype("float64"))) for a in arrays)))
 
 
 def _weights(model):
     return [keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
 
 
-def test_step_reports_the_unclipped_norm_and_clips_the_update(tiny):
-    before = _weights(tiny.unet)
+@pytest.mark.parametrize("max_grad_norm", [1e-3, 1e9])
+def test_step_reports_the_unclipped_norm_and_applies_the_clipped_gradient(tiny, monkeypatch, max_grad_norm):
     _, _, grads = _loss_and_grads(tiny, _batch(), _settings(), step=0)
-    expected_norm = float(tf.linalg.global_norm(grads))
-    # SGD-like check through AdamW is awkward; instead use lr=0: nothing moves, the norm is reported.
-    metrics = _step(_state(tiny, 0.0), _batch(), _settings(), max_grad_norm=1e-3)
+    grads = [g.numpy() for g in grads]
+    expected_norm = _global_norm(grads)
+    assert expected_norm > 1e-2  # so that the clip at 1e-3 binds (and 1e9 does not)
+    state = _state(tiny, 0.0)  # lr 0: the shared tiny UNet stays as it is for the other tests
+    applied = _spy_on_applied_gradients(state, monkeypatch)
+    metrics = _step(state, [_batch()], _settings(), max_grad_norm=max_grad_norm)
+    # The same gradient computed twice in float32 (sums in another order): relative 1e-5.
     np.testing.assert_allclose(float(metrics["grad_norm"]), expected_norm, rtol=1e-5)
-    for a, b in zip(before, _weights(tiny.unet)):
-        assert a.tobytes() == b.tobytes()  # lr 0 is bit-exact
+    (gradients,) = applied
+    np.testing.assert_allclose(_global_norm(gradients), min(expected_norm, max_grad_norm), rtol=1e-5)
+    # Clipping rescales, it does not change the direction.
+    ratio = min(1.0, max_grad_norm / expected_norm)
+    scale = max(float(np.abs(g).max()) for g in grads)
+    for g, a in zip(grads, gradients):
+        np.testing.assert_allclose(a, g * ratio, atol=1e-5 * scale * ratio)
+
+
+def test_accumulated_micro_batches_apply_the_gradient_of_one_larger_batch(tiny, monkeypatch):
+    """K=2 micro-batches of 2 examples hand the optimizer the gradient of one 4-example batch.
+
+    Each micro-batch draws its noise as "step" step*K + micro (step.py), keyed by the
+    examples' positions; the 4-example batch is given exactly those draws, instance rows
+    then class rows as draw_randomness orders them, so both sides see the same numbers.
+    """
+    settings = _settings()  # global batch 4 = 2 examples x 2 micro-batches
+    micro_batches = [_batch(slice(0, 2)), _batch(slice(2, 4))]
+    state = _state(tiny, 0.0)
+    step = 3
+    state.step.assign(step)
+    applied = _spy_on_applied_gradients(state, monkeypatch)
+    metrics = _step(state, micro_batches, settings, max_grad_norm=1e9)  # clipping off
+
+    draws = [draw_randomness(b, tf.constant(step * 2 + i, tf.int64), settings) for i, b in enumerate(micro_batches)]
+    one_batch_randomness = {
+        # Each draw is [instance rows; class rows]: regroup as [instance 0-3; class 0-3].
+        key: tf.concat([d[key][:2] for d in draws] + [d[key][2:] for d in draws], axis=0) for key in draws[0]
+    }
+    expected, expected_metrics = micro_batch_gradients(state, _batch(), one_batch_randomness, settings=settings)
+    expected = [g.numpy() for g in expected]
+    (gradients,) = applied
+    # The same sums in float32 in another order: 1e-5 of the largest gradient entry. Averaging
+    # the micro-batches instead of summing them would be off by a factor of 2.
+    scale = max(float(np.abs(g).max()) for g in expected)
+    for g, a in zip(expected, gradients):
+        np.testing.assert_allclose(a, g, atol=1e-5 * scale)
+    np.testing.assert_allclose(float(metrics["grad_norm"]), _global_norm(expected), rtol=1e-5)
+    for key in ("loss", "instance_loss", "prior_loss"):
+        np.testing.assert_allclose(float(metrics[key]), float(expected_metrics[key]), rtol=1e-5)
 
 
 def test_fp16_overflow_skips_the_step_and_halves_the_scale(tiny):
@@ -124,13 +184,13 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale(tiny):
     pixels = overflowing[features.INSTANCE_PIXELS].numpy()
     pixels[0, 0, 0, 0] = np.inf
     overflowing[features.INSTANCE_PIXELS] = tf.constant(pixels)
-    metrics = _step(state, overflowing, _settings(), max_grad_norm=1.0)
+    metrics = _step(state, [overflowing], _settings(), max_grad_norm=1.0)
     assert float(metrics["skipped"]) == 1.0
     assert float(scale.scale) == 512.0
     assert int(state.optimizer.iterations) == 0
     for a, b in zip(before, _weights(tiny.unet)):
         assert a.tobytes() == b.tobytes()
-    metrics = _step(state, _batch(), _settings(), max_grad_norm=1.0)
+    metrics = _step(state, [_batch()], _settings(), max_grad_norm=1.0)
     assert float(metrics["skipped"]) == 0.0 and int(state.optimizer.iterations) == 1
     assert any(a.tobytes() != b.tobytes() for a, b in zip(before, _weights(tiny.unet)))
 
