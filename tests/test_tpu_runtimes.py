@@ -85,6 +85,14 @@ def test_the_dockerfile_tpu_target_installs_the_table():
     assert f"TF_PLUGGABLE_DEVICE_LIBRARY_PATH={tpu_runtimes.CONTAINER_LIBTPU}" in stage
 
 
+def test_the_readme_table_shows_the_table():
+    readme = (REPO / "launch" / "README.md").read_text()
+    table = readme[readme.index("**TensorFlow on the TPU.**"):readme.index("Why this one:")]
+    shown = [*DEFAULT.dbdist_pins()[2:], *DEFAULT.tpu_build(), f"tensorboard=={DEFAULT.tensorboard}",
+             f"Python | {DEFAULT.python}", *DEFAULT.runtimes(), *DEFAULT.sources.values()]
+    assert [value for value in shown if value not in table] == []
+
+
 def test_pyproject_admits_the_tpu_stack():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     requirements = {Requirement(r).name: Requirement(r).specifier for r in project["dependencies"]}
