@@ -9,7 +9,7 @@ What the table rests on (read 2026-11-30; "index" is PyPI, as `pip index version
 wheels' METADATA show it):
 
 * TensorFlow's TPU build ends at tensorflow-tpu 2.20.0 (index:
-  https://pypi.org/project/tensorflow-tpu/#history). Its wheels (cp39-cp313) require
+  https://pypi.org/project/tensorflow-tpu/#history). Its cp310 wheel requires
   libtpu~=0.0.14, keras>=3.10.0 and tensorboard~=2.20.0. From 2.19 the TPU build takes libtpu from
   PyPI (2.19.1: libtpu==0.0.10); up to 2.18 it took `libtpu==2.18.0` from Google's own
   libtpu-tf-releases index, and Google's TensorFlow/libtpu.so table stops there
