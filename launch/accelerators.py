@@ -13,12 +13,6 @@ can be checked against it here rather than after the machines are paid for.
 import dataclasses
 import re
 
-# pyproject.toml pins tensorflow==2.21.0; the TPU software version must carry the same TensorFlow.
-TENSORFLOW_VERSION = "2.21.0"
-# TensorFlow's PJRT TPU device on one host: the environment Google's TensorFlow-on-TPU-VM test
-# configurations set (the TPU software version puts libtpu.so in /lib).
-TF_TPU_PJRT_ENV = {"NEXT_PLUGGABLE_DEVICE_USE_C_API": "true", "TF_PLUGGABLE_DEVICE_LIBRARY_PATH": "/lib/libtpu.so"}
-
 
 @dataclasses.dataclass(frozen=True)
 class TpuFamily:
@@ -70,11 +64,6 @@ class TpuVmType:
     @property
     def replicas(self):
         return max(1, self.size // self.family.cores_per_replica)
-
-    @property
-    def default_runtime_version(self):
-        # TensorFlow's TPU software versions are tpu-vm-tf-X.Y.Z[-pod]-pjrt (-pod: multi-host slices).
-        return f"tpu-vm-tf-{TENSORFLOW_VERSION}{'-pod' if self.multi_host else ''}-pjrt"
 
 
 def tpu_vm_type(accelerator_type):

@@ -21,13 +21,15 @@ from dbdist.training.preemption import PREEMPTED_EXIT_CODE
 from launch import cloud_flags
 from launch.accelerators import tpu_vm_type
 from launch.run_args import dbdist_run
+from launch.tpu_runtimes import choose_runtime
 from launch.tpu_vm_plan import TpuVm, TpuVmPlan, install_commands, run_command
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(cloud_flags)  # --help lists the shared flags too
 flags.DEFINE_string("tpu_name", None, "Name of the TPU VM (created with --create when missing).")
 flags.DEFINE_string("zone", None, "Zone of the TPU VM, e.g. us-central2-b (v4), us-west4-a (v5e), us-east5-a (v5p).")
-flags.DEFINE_string("runtime_version", "", "TPU software version; default tpu-vm-tf-<dbdist's TensorFlow>[-pod]-pjrt.")
+flags.DEFINE_string("runtime_version", "", "TPU software version (default: the one launch/tpu_runtimes.py gives for "
+                    "--accelerator_type; any other is refused).")
 flags.DEFINE_bool("create", False, "Create the TPU VM when it is missing, or re-create it when it was preempted.")
 flags.DEFINE_string("install", "", "pip-install dbdist on every worker from a wheel (local or gs://) or a git URL "
                     "(git+https://github.com/ORG/dbdist@REF).")
@@ -46,10 +48,10 @@ def plan_from_flags(train_args):
     cloud_flags.require("project", "zone", "tpu_name", "accelerator_type")
     try:
         accelerator = tpu_vm_type(FLAGS.accelerator_type)
+        runtime = choose_runtime(accelerator, FLAGS.runtime_version)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
-    vm = TpuVm(FLAGS.tpu_name, FLAGS.zone, FLAGS.project, accelerator,
-               FLAGS.runtime_version or accelerator.default_runtime_version, FLAGS.spot,
+    vm = TpuVm(FLAGS.tpu_name, FLAGS.zone, FLAGS.project, accelerator, runtime, FLAGS.spot,
                cloud_flags.SERVICE_ACCOUNT.value)
     if FLAGS.max_restarts < 0:
         raise app.UsageError(f"--max_restarts must be >= 0, got {FLAGS.max_restarts}")
@@ -83,6 +85,16 @@ def vm_state(vm):
     return (fields + [None, None])[:2]
 
 
+def check_runtime_offered(vm):
+    """Stops before `create` when the zone does not offer the VM's TPU software version (not every
+    version is in every zone, and no Google page lists every one)."""
+    result = _gcloud(vm.describe_runtime(), capture=True)
+    if result.returncode:
+        raise app.UsageError(f"the zone {vm.zone} does not offer the TPU software version {vm.runtime_version} that "
+                             f"{vm.accelerator.name} needs ({result.stderr.strip()[-300:]}); see what it offers with "
+                             f"`gcloud compute tpus tpu-vm versions list --zone={vm.zone}`, or pick another zone")
+
+
 def _check(result, what):
     if result.returncode:
         raise RuntimeError(f"{what} failed with exit code {result.returncode}; see gcloud's output above")
@@ -111,6 +123,7 @@ class TpuVmRun:
                     raise app.UsageError(f"the TPU VM {vm.name} {what} in {vm.zone}; pass --create to create it")
                 if not plan.install:
                     raise app.UsageError(f"the TPU VM {vm.name} {what}: a new VM has no dbdist, pass --install too")
+                check_runtime_offered(vm)
                 if state is not None:
                     _check(_gcloud(vm.delete()), f"deleting the {state} TPU VM {vm.name}")
                 self.vm_is_ours = True

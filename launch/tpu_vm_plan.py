@@ -4,14 +4,15 @@ How TensorFlow uses a TPU VM decides the shape of the training command:
 
 * one host (v4-8, v5litepod-1/4/8, v5p-8, v6e-1/4/8): the same command on every worker
   (`--worker=all`, here the one VM) with `--strategy=tpu --tpu=local` and the PJRT runtime's
-  environment (the TPU is a local pluggable device);
+  environment (the TPU is a local pluggable device: libtpu.so from the pinned libtpu package);
 * a multi-host pod slice (v4-16, v5p-16, v5litepod-16, ...): TensorFlow is single-client. One
   process on worker 0 drives every host's TPUs through the TPU runtime the `-pod` software
   version starts on each worker: `--worker=0`, `--tpu=<the VM's name>`, TPU_LOAD_LIBRARY=0 (the
   client must not claim worker 0's chips itself). Running dbdist with --tpu=local on every host
   would start independent trainers, one per host, all writing the same output dir.
 
-dbdist is installed on every worker either way (pip, from a wheel or a git ref).
+dbdist is installed on every worker either way (pip, from a wheel or a git ref), with the pins
+of launch/tpu_runtimes.py, then TensorFlow's TPU build and its libtpu over dbdist's `tensorflow`.
 """
 
 import dataclasses
@@ -22,12 +23,10 @@ import shlex
 
 from absl import app
 
-from launch.accelerators import TF_TPU_PJRT_ENV, TpuVmType
+from launch.accelerators import TpuVmType
 from launch.cloud_flags import check_project, check_service_account
 from launch.run_args import DbdistRun, Placement
-
-# The single client of a pod slice talks to the TPU runtime on every worker instead of loading libtpu.
-POD_CLIENT_ENV = {"TPU_LOAD_LIBRARY": "0"}
+from launch.tpu_runtimes import DEFAULT, LIBTPU_PATH_VARIABLE, PJRT_DEVICE_ENV, POD_CLIENT_ENV
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -60,6 +59,11 @@ class TpuVm:
     def describe(self):
         return self._gcloud("describe", "--format=value(state,acceleratorType)")
 
+    def describe_runtime(self):
+        """Whether the zone offers the TPU software version (exit code 0), asked before creating."""
+        return ["gcloud", "compute", "tpus", "tpu-vm", "versions", "describe", self.runtime_version,
+                f"--zone={self.zone}", f"--project={self.project}"]
+
     def create(self):
         # Access is decided by the service account's IAM roles: the VM gets the broad scope
         # (it reads and writes gs:// for records, checkpoints and exports).
@@ -84,35 +88,49 @@ class TpuVm:
                          replicas=self.accelerator.replicas, tpu=self.name if self.accelerator.multi_host else "local")
 
 
-def _pip_install(python, target):
-    # The first install brings the dependencies; the second replaces dbdist itself even when the
-    # version number did not change (a rebuilt wheel, a moved git ref).
-    return (f"{python} -m pip install --quiet {shlex.quote(target)} && "
-            f"{python} -m pip install --quiet --force-reinstall --no-deps {shlex.quote(target)}")
+def _pip_install(python, target, pins, tpu_build):
+    """dbdist with the table's pins (its dependencies come with it), then dbdist itself again (a
+    rebuilt wheel or a moved git ref keeps its version number), then TensorFlow's TPU build and its
+    libtpu over the `tensorflow` that dbdist asked for: both are the `tensorflow` package, and the
+    TPU one must be what is left."""
+    pip = f"{python} -m pip install --quiet"
+    return (f"{pip} {shlex.join([target, *pins])} && "
+            f"{pip} --force-reinstall --no-deps {shlex.quote(target)} && "
+            f"{pip} --force-reinstall --no-deps {shlex.join(tpu_build)}")
 
 
 def install_commands(vm, spec, python="python3"):
     """gcloud argvs that pip-install dbdist on every worker from `spec`: a wheel (local or gs://)
     or a git URL (git+https://github.com/ORG/dbdist@REF)."""
+    pins = (*DEFAULT.dbdist_pins(), *(DEFAULT.pod_client if vm.accelerator.multi_host else ()))
+
+    def pip_install(target):
+        return _pip_install(python, target, pins, DEFAULT.tpu_build())
+
     if spec.startswith("git+"):
-        return (tuple(vm.ssh(_pip_install(python, spec))),)
+        return (tuple(vm.ssh(pip_install(spec))),)
     if spec.endswith(".whl"):
         wheel = posixpath.basename(spec)  # ssh commands start in the home directory
         if spec.startswith("gs://"):
             fetch = f"gcloud storage cp {shlex.quote(spec)} {shlex.quote(wheel)} && "
-            return (tuple(vm.ssh(fetch + _pip_install(python, wheel))),)
+            return (tuple(vm.ssh(fetch + pip_install(wheel))),)
         if not os.path.isfile(spec):
             raise app.UsageError(f"--install={spec}: no such wheel here (build one with `python -m pip wheel --no-deps "
                                  "-w dist .`)")
-        return tuple(vm.scp_to_home(spec)), tuple(vm.ssh(_pip_install(python, wheel)))
+        return tuple(vm.scp_to_home(spec)), tuple(vm.ssh(pip_install(wheel)))
     raise app.UsageError(f"--install={spec!r}: expected a wheel (dist/dbdist-0.1.0-py3-none-any.whl or gs://.../*.whl) "
                          "or a git URL (git+https://github.com/ORG/dbdist@REF)")
 
 
 def run_command(vm, run: DbdistRun, python="python3"):
     """The gcloud ssh argv that runs dbdist (see the module docstring for the two shapes)."""
-    env = POD_CLIENT_ENV if vm.accelerator.multi_host else TF_TPU_PJRT_ENV
-    command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join([python, *run.module_argv()])])
+    if vm.accelerator.multi_host:
+        env = [f"{k}={shlex.quote(v)}" for k, v in POD_CLIENT_ENV.items()]
+    else:
+        # libtpu.so is where the pinned libtpu package put it (pip installs as the ssh user, under ~/.local).
+        libtpu_path = f"$({shlex.quote(python)} -c 'import libtpu; print(libtpu.get_library_path())')"
+        env = [*(f"{k}={shlex.quote(v)}" for k, v in PJRT_DEVICE_ENV.items()), f'{LIBTPU_PATH_VARIABLE}="{libtpu_path}"']
+    command = " ".join([*env, shlex.join([python, *run.module_argv()])])
     return tuple(vm.ssh(command, worker="0" if vm.accelerator.multi_host else "all"))
 
 
@@ -129,7 +147,9 @@ class TpuVmPlan:
         """The commands in the order the launcher would run them, with when each one runs."""
         steps = [("Is the VM there, and is it READY? (state, accelerator type)", self.vm.describe())]
         if self.create_if_missing:
-            steps.append(("Only if it is missing, or preempted (a preempted TPU VM is deleted first):", self.vm.create()))
+            steps.append(("Only if it is missing, or preempted: does the zone offer the TPU software version?",
+                          self.vm.describe_runtime()))
+            steps.append(("Then create it (a preempted TPU VM is deleted first):", self.vm.create()))
         for argv in self.install:
             steps.append(("Install dbdist on every worker:", argv))
         restarts = (f"; after a preemption (exit 143, lost ssh, VM not READY) the VM is recreated and this is run "

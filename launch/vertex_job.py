@@ -23,9 +23,13 @@ import re
 
 from absl import app
 
-from launch.accelerators import TF_TPU_PJRT_ENV, VertexMachine
+from launch.accelerators import VertexMachine
 from launch.cloud_flags import check_service_account
 from launch.run_args import DbdistRun, Placement
+from launch.tpu_runtimes import CONTAINER_LIBTPU, LIBTPU_PATH_VARIABLE, PJRT_DEVICE_ENV
+
+# The image's tpu target (launch/Dockerfile) puts the pinned libtpu's libtpu.so in /lib.
+CONTAINER_TPU_ENV = {**PJRT_DEVICE_ENV, LIBTPU_PATH_VARIABLE: CONTAINER_LIBTPU}
 
 _REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
 _IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[^\s:@]+(:[\w.-]+|@sha256:[0-9a-f]{64})?")
@@ -78,7 +82,7 @@ class VertexJob:
         container = {"imageUri": self.container_image, "command": [CONTAINER_PYTHON, *module_argv[:2]],
                      "args": list(module_argv[2:])}
         if self.machine.kind == "tpu":
-            container["env"] = [{"name": k, "value": v} for k, v in TF_TPU_PJRT_ENV.items()]
+            container["env"] = [{"name": k, "value": v} for k, v in CONTAINER_TPU_ENV.items()]
         pool = {"machineSpec": self.machine.machine_spec(), "replicaCount": 1, "containerSpec": container}
         pools = [pool] + ([{**pool, "replicaCount": self.replica_count - 1}] if self.replica_count > 1 else [])
         spec = {"workerPoolSpecs": pools, "baseOutputDirectory": {"outputUriPrefix": self.base_output_dir}}

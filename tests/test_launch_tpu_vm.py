@@ -25,7 +25,11 @@ FAKE_GCLOUD = REPO / "tests" / "fake_gcloud"
 G = ["gcloud", "compute", "tpus", "tpu-vm"]
 V4 = ("--project=test-project", "--zone=us-central2-b", "--tpu_name=db-v4", "--accelerator_type=v4-8")
 TRAIN = ("--model=sd-v1", "--data_dir=gs://bkt/dog/records", "--output_dir=gs://bkt/dog/run", "--global_batch_size=4")
-PJRT = "NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so"
+# One host: TensorFlow's PJRT device on the libtpu.so of the pinned libtpu package.
+PJRT = "NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=\"$(python3 -c 'import libtpu; print(libtpu.get_library_path())')\""
+# launch/tpu_runtimes.py's pins, then TensorFlow's TPU build over dbdist's `tensorflow`.
+PINS = "tensorflow==2.20.0 tensorboard==2.20.0 keras==3.12.4 keras-cv==0.9.0"
+TPU_BUILD = "python3 -m pip install --quiet --force-reinstall --no-deps tensorflow-tpu==2.20.0 libtpu==0.0.14"
 
 
 def _loc(zone="us-central2-b"):
@@ -77,11 +81,11 @@ def test_single_host_plan(wheel, gcloud_state, capsys):
             "--service_account=trainer@test-project.iam.gserviceaccount.com", "--", *TRAIN)
     p = plan(*argv)
     assert p.vm.describe() == G + ["describe", "db-v4", *_loc(), "--format=value(state,acceleratorType)"]
-    assert p.vm.create() == G + ["create", "db-v4", *_loc(), "--accelerator-type=v4-8", "--version=tpu-vm-tf-2.21.0-pjrt",
+    assert p.vm.create() == G + ["create", "db-v4", *_loc(), "--accelerator-type=v4-8", "--version=tpu-ubuntu2204-base",
                                  "--service-account=trainer@test-project.iam.gserviceaccount.com",
                                  "--scopes=https://www.googleapis.com/auth/cloud-platform", "--spot"]
-    pip = ("python3 -m pip install --quiet dbdist-0.1.0-py3-none-any.whl && "
-           "python3 -m pip install --quiet --force-reinstall --no-deps dbdist-0.1.0-py3-none-any.whl")
+    pip = (f"python3 -m pip install --quiet dbdist-0.1.0-py3-none-any.whl {PINS} && "
+           f"python3 -m pip install --quiet --force-reinstall --no-deps dbdist-0.1.0-py3-none-any.whl && {TPU_BUILD}")
     assert p.install == (tuple(G + ["scp", wheel, "db-v4:", *_loc(), "--worker=all"]),
                          tuple(G + ["ssh", "db-v4", *_loc(), "--worker=all", f"--command={pip}"]))
     # One host: the same command on every worker (the one VM), the TPU as a local PJRT device.
@@ -91,7 +95,9 @@ def test_single_host_plan(wheel, gcloud_state, capsys):
 
     assert run_launcher("--dry_run", *argv) == 0
     printed = capsys.readouterr().out
-    for argv_list in (p.vm.describe(), p.vm.create(), *p.install, p.run, p.vm.delete()):
+    runtime_check = ["gcloud", "compute", "tpus", "tpu-vm", "versions", "describe", "tpu-ubuntu2204-base", *_loc()]
+    assert p.vm.describe_runtime() == runtime_check
+    for argv_list in (p.vm.describe(), runtime_check, p.vm.create(), *p.install, p.run, p.vm.delete()):
         assert shlex.join(argv_list) in printed
     assert calls(gcloud_state) == []  # a dry run calls nothing
 
@@ -105,10 +111,12 @@ def test_pod_slice_runs_one_client_on_worker_0_with_records_first():
              "--global_batch_size=8")
     loc = _loc("us-east5-a")
     assert p.vm.create() == G + ["create", "db-v5p", *loc, "--accelerator-type=v5p-16",
-                                 "--version=tpu-vm-tf-2.21.0-pod-pjrt", "--scopes=https://www.googleapis.com/auth/cloud-platform"]
+                                 "--version=tpu-vm-tf-2.20.0-pod-pjrt", "--scopes=https://www.googleapis.com/auth/cloud-platform"]
+    # A pod slice's client also needs what TensorFlow's Cloud TPU API client imports.
     assert p.install == (tuple(G + ["ssh", "db-v5p", *loc, "--worker=all", "--command=python3 -m pip install --quiet "
-                                    "git+https://github.com/example/dbdist@v0.1.0 && python3 -m pip install --quiet "
-                                    "--force-reinstall --no-deps git+https://github.com/example/dbdist@v0.1.0"]),)
+                                    f"git+https://github.com/example/dbdist@v0.1.0 {PINS} google-api-python-client==2.202.0 "
+                                    "oauth2client==4.1.3 && python3 -m pip install --quiet --force-reinstall --no-deps "
+                                    f"git+https://github.com/example/dbdist@v0.1.0 && {TPU_BUILD}"]),)
     *head, command = p.run
     assert head == G + ["ssh", "db-v5p", *loc, "--worker=0"]
     assert shlex.split(command.removeprefix("--command=")) == [
@@ -122,11 +130,12 @@ def test_pod_slice_runs_one_client_on_worker_0_with_records_first():
 
 def test_existing_v5e_vm_with_a_runtime_of_choice(capsys, gcloud_state):
     argv = ("--project=test-project", "--zone=us-west4-a", "--tpu_name=db-v5e", "--accelerator_type=v5litepod-8",
-            "--runtime_version=tpu-vm-tf-2.21.0-pjrt-custom", "--dry_run", "--", *TRAIN[:3], "--global_batch_size=8")
+            "--runtime_version=v2-alpha-tpuv5-lite", "--dry_run", "--", *TRAIN[:3], "--global_batch_size=8")
     assert run_launcher(*argv) == 0
     printed = capsys.readouterr().out
     assert " create " not in printed and " delete " not in printed and "pip install" not in printed
     assert "--worker=all" in printed and "--strategy=tpu --tpu=local" in printed
+    assert plan(*argv).run[-1].startswith(f"--command={PJRT} python3 -m dbdist.train --strategy=tpu --tpu=local ")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -146,6 +155,12 @@ def test_existing_v5e_vm_with_a_runtime_of_choice(capsys, gcloud_state):
     ((*V4, "--", *TRAIN[:3]), r"--global_batch_size=1 \(after -- for dbdist.train, its default\) is not divisible by the 4 replicas"),
     ((*V4, "--max_restarts=2", "--", *TRAIN), r"--max_restarts=2 relaunches on a re-created VM .* needs --create and --install"),
     ((*V4, "--install=dbdist==0.1.0", "--", *TRAIN), r"--install='dbdist==0.1.0': expected a wheel"),
+    ((*V4, "--runtime_version=tpu-vm-tf-2.21.0-pjrt", "--", *TRAIN),
+     r"--runtime_version='tpu-vm-tf-2.21.0-pjrt' cannot run dbdist on v4-8: TensorFlow's TPU build stops at "
+     r"tensorflow-tpu 2\.20\.0 .* Supported for v4-8: tpu-ubuntu2204-base"),
+    ((*V4, "--runtime_version=tpu-vm-tf-2.18.0-pjrt", "--", *TRAIN), r"it carries TensorFlow 2\.18\.0 on Python 3\.10"),
+    ((*V4[:3], "--accelerator_type=v5litepod-16", "--runtime_version=v2-alpha-tpuv5-lite", "--", *TRAIN[:3],
+      "--global_batch_size=16"), r"v5litepod-16 is a multi-host pod slice\. Supported for v5litepod-16: tpu-vm-tf-2\.20\.0-pod-pjrt"),
     ((*V4, "--install=dist/missing-0.1-py3-none-any.whl", "--", *TRAIN), r"no such wheel here"),
     ((*V4, "--make_tfrecords=--instance_dir=photos --instance_prompt=p", "--", *TRAIN),
      r"--instance_dir \(in --make_tfrecords\)='photos' must be a gs://"),
@@ -160,6 +175,18 @@ def test_missing_vm_without_create_only_looks(gcloud_state):
     with pytest.raises(app.UsageError, match=r"the TPU VM db-v4 does not exist in us-central2-b; pass --create"):
         run_launcher(*V4, "--", *TRAIN)
     assert [c[3] for c in calls(gcloud_state)] == ["describe"]
+
+
+def test_a_runtime_the_zone_does_not_offer_stops_before_create(gcloud_state, monkeypatch):
+    monkeypatch.setenv("FAKE_GCLOUD_MISSING_VERSIONS", "tpu-vm-tf-2.20.0-pod-pjrt")
+    with pytest.raises(app.UsageError, match=r"the zone us-east5-a does not offer the TPU software version "
+                                             r"tpu-vm-tf-2\.20\.0-pod-pjrt that v5p-16 needs \(.*NOT_FOUND.*\); see what it "
+                                             r"offers with `gcloud compute tpus tpu-vm versions list --zone=us-east5-a`"):
+        run_launcher("--project=test-project", "--zone=us-east5-a", "--tpu_name=db-v5p", "--accelerator_type=v5p-16",
+                     "--create", "--install=git+https://github.com/example/dbdist@v1", "--",
+                     *TRAIN[:3], "--global_batch_size=8")
+    assert [c[3:6] for c in calls(gcloud_state)] == [["describe", "db-v5p", "--zone=us-east5-a"],
+                                                      ["versions", "describe", "tpu-vm-tf-2.20.0-pod-pjrt"]]
 
 
 @pytest.fixture
@@ -185,8 +212,8 @@ def test_preempted_run_is_relaunched_on_a_recreated_vm(gcloud_state, fake_traine
                         "--delete_after", f"--remote_python={fake_trainer}", "--", *TRAIN)
     assert code == 0
     assert _events(gcloud_state) == [
-        "describe", "create", "describe", "install", "train",  # first attempt, preempted (143 -> VM PREEMPTED)
-        "describe", "describe", "delete", "create", "describe", "install", "train",  # re-created, relaunched
+        "describe", "versions", "create", "describe", "install", "train",  # first attempt, preempted (143 -> VM PREEMPTED)
+        "describe", "describe", "versions", "delete", "create", "describe", "install", "train",  # re-created, relaunched
         "delete",  # --delete_after
     ]
 
@@ -196,7 +223,7 @@ def test_a_failure_that_is_not_a_preemption_is_not_retried(gcloud_state, fake_tr
     code = run_launcher(*V4, "--create", "--install=git+https://github.com/example/dbdist@v1", "--max_restarts=2",
                         f"--remote_python={fake_trainer}", "--", *TRAIN)
     assert code == 1
-    assert _events(gcloud_state) == ["describe", "create", "describe", "install", "train", "describe"]
+    assert _events(gcloud_state) == ["describe", "versions", "create", "describe", "install", "train", "describe"]
     assert json.loads((gcloud_state / "vm-db-v4.json").read_text())["state"] == "READY"  # kept: no --delete_after
 
 

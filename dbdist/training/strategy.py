@@ -37,16 +37,35 @@ def read_tf_config():
     return config
 
 
+def tpu_cluster_resolver(tpu):
+    """The TPUClusterResolver for --tpu, built without touching the TPU.
+
+    --tpu=local: the TPU of this host (a one-host TPU VM, a Vertex AI TPU machine). It must reach
+    TensorFlow as "local": TPUClusterResolver(tpu="") is not the local TPU but the Cloud TPU API
+    client, which reads the name from $TPU_NAME and raises "Please provide a TPU Name to connect
+    to." without it (TensorFlow 2.20 and 2.21, tensorflow/python/distribute/cluster_resolver/tpu/
+    tpu_cluster_resolver.py). Any other value is a TPU VM name, whose workers the Cloud TPU API
+    lists (projects.locations.nodes.get: the VM's service account needs tpu.nodes.get, e.g.
+    roles/tpu.viewer; project and zone come from the VM's metadata server), or grpc://host:8470.
+    """
+    if not tpu:
+        raise ValueError("--tpu must be 'local' (this host's TPU), a TPU VM name or grpc://host:8470, got ''")
+    return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+
+
 def _tpu_strategy(tpu):
     try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="" if tpu == "local" else tpu)
+        resolver = tpu_cluster_resolver(tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, tf.errors.OpError, RuntimeError) as err:
-        raise RuntimeError(
-            f"--strategy=tpu could not reach a TPU (--tpu={tpu!r}): {err}. On a TPU VM use --tpu=local; "
-            "elsewhere name the TPU or give grpc://host:8470."
-        ) from err
+    # OSError: the metadata server or the Cloud TPU API could not be reached (urllib, http clients).
+    except (ValueError, tf.errors.OpError, RuntimeError, OSError) as err:
+        where = ("this host's TPU (is this a TPU VM or a Vertex AI TPU machine, with no other process holding "
+                 "its TPU?)" if tpu == "local" else
+                 f"the TPU VM {tpu!r} through the Cloud TPU API (run on its worker 0, whose service account needs "
+                 "tpu.nodes.get: roles/tpu.viewer)")
+        raise RuntimeError(f"--strategy=tpu could not reach {where}: {err}. On a one-host TPU VM or a Vertex AI TPU "
+                           "machine use --tpu=local; see launch/README.md, 'When it goes wrong'.") from err
     return tf.distribute.TPUStrategy(resolver)
 
 
