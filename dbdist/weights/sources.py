@@ -3,9 +3,10 @@
 A `--weights` directory (local or gs://) holds keras-cv layout `.h5` files,
 named as dbdist exports them or as keras-cv publishes them; the first name
 found wins, and another preset's published file never does (one folder may
-hold both SD 1.x's and SD 2.x's). Without `--weights`, `sd-v1`/`sd-v2` fetch keras-cv's published
-files, checked against their SHA-256, into Keras' cache, exactly as keras-cv
-does. `tiny` has no published weights: it is random-initialised from a seed.
+hold both SD 1.x's and SD 2.x's). Without `--weights`, `sd-v1`/`sd-v2` fetch
+keras-cv's published files, checked against their SHA-256, into Keras' cache,
+exactly as keras-cv does. `tiny` has no published weights: it is
+random-initialised from a seed.
 """
 
 import os
