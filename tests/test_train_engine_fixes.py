@@ -16,6 +16,7 @@ from dbdist.data import features
 from dbdist.diffusion import NoiseSchedule
 from dbdist.diffusion.ddim import ddim_update
 from dbdist.models import build_models
+from dbdist.training.lost_worker import describe
 from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 from dbdist.training.optimizer import EngineAdamW, build_optimizer
 from dbdist.training.schedules import WarmupThenDecay
@@ -276,3 +277,23 @@ def test_polynomial_schedule_is_diffusers_with_its_power_and_end_rate():
         WarmupThenDecay(1e-7, "polynomial", total_steps=4)
     with pytest.raises(ValueError, match="lr_power must be > 0, got 0"):
         WarmupThenDecay(1e-3, "polynomial", total_steps=4, power=0.0)
+
+
+@pytest.mark.parametrize(
+    "message, lost",
+    [
+        # As measured: a kill -9 of worker 1 during the loop, and a peer that stopped sending heartbeats.
+        ("Graph execution error:\n\nCollective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC "
+         "error information from remote target /job:worker/replica:0/task:1 while calling /tensorflow.WorkerService"
+         "/RecvBuf:\n\t [[{{node while/CollectiveReduceV2}}]]", "task worker:1"),
+        ("{{function_node __wrapped__CollectiveBcastSend}} Collective ops is aborted by: Error reported from "
+         "/job:worker/task:0: The following tasks are unhealthy (stopped sending heartbeats):\n/job:chief/replica:0/task:0",
+         "task chief:0"),
+        ("Collective ops is aborted by: cluster check alive failed", "a peer worker"),
+    ],
+)
+def test_a_lost_worker_is_named_with_the_last_checkpoint(message, lost):
+    text = describe(tf.errors.UnavailableError(None, None, message), 6)
+    assert text.startswith(f"lost {lost} of the multi_worker cluster (UnavailableError: ")
+    assert text.endswith("the last checkpoint is at step 6. Rerun the same command on every worker to resume.")
+    assert "there is no checkpoint yet" in describe(tf.errors.UnavailableError(None, None, message), None)

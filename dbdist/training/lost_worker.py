@@ -1,8 +1,9 @@
 """A worker of a multi_worker run died: the others stop with a plain message, not TensorFlow's.
 
 When a peer process dies, the collective the survivors are waiting in fails (measured with a
-kill -9: UnavailableError "Collective ops is aborted by: recvmsg:Connection reset by peer
-... from remote target /job:worker/replica:0/task:1 ... [[{{node while/CollectiveReduceV2}}]]").
+kill -9 of either of 2 local workers: UnavailableError "Collective ops is aborted by:
+recvmsg:Connection reset by peer ... from remote target /job:worker/replica:0/task:1 ...
+[[{{node while/CollectiveReduceV2}}]]", about 20 s later).
 """
 
 import contextlib
@@ -16,7 +17,9 @@ _COLLECTIVE_FAILURES = (
     tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
     tf.errors.AbortedError, tf.errors.InternalError,
 )
-_REMOTE_TASK = re.compile(r"remote target /job:(\w+)/replica:\d+/task:(\d+)")
+# How the lost task is named: the peer a call failed on, or the coordination service's
+# "The following tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1".
+_LOST_TASK = re.compile(r"(?:remote target |stopped sending heartbeats\):\s*)/job:(\w+)/replica:\d+/task:(\d+)")
 _CAUSE = re.compile(r"aborted by: ([^\n]+)")
 
 
@@ -25,7 +28,7 @@ class LostWorker(SystemExit):
 
 
 def describe(err, last_checkpoint_step):
-    task = _REMOTE_TASK.search(err.message)
+    task = _LOST_TASK.search(err.message)
     lost = f"task {task[1]}:{task[2]}" if task else "a peer worker"
     cause = _CAUSE.search(err.message)
     checkpoint = (
