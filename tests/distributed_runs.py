@@ -1,4 +1,7 @@
-"""Helpers to run `python -m dbdist.train` in fresh processes (strategies need a fresh TensorFlow)."""
+"""Helpers to run `python -m dbdist.train` in fresh processes (strategies need a fresh TensorFlow).
+
+Timeouts only catch hangs: a 2-core machine shared with other work can take minutes per run.
+"""
 
 import json
 import os
@@ -38,11 +41,11 @@ def start_train(log_path, tf_config=None, extra_env=None, **flags):
     return subprocess.Popen(train_argv(**flags), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
-def run_train(log_path, timeout=900, **flags):
+def run_train(log_path, timeout=1800, **flags):
     wait_train(start_train(log_path, **flags), log_path, timeout)
 
 
-def wait_train(process, log_path, timeout=900):
+def wait_train(process, log_path, timeout=1800):
     code = process.wait(timeout=timeout)
     assert code == 0, f"train exited {code}:\n{pathlib.Path(log_path).read_text()[-4000:]}"
 
@@ -71,7 +74,7 @@ def hand_made_tf_config(addresses, index):
     return {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}}
 
 
-def run_multi_worker(log_dir, workers=2, timeout=900, tf_config=hand_made_tf_config, **flags):
+def run_multi_worker(log_dir, workers=2, timeout=1800, tf_config=hand_made_tf_config, **flags):
     """All workers of a local cluster on 127.0.0.1 with the same flags. `tf_config(addresses, i)` is
     process i's TF_CONFIG (e.g. vertex_tf_config, where process 0 is the "chief")."""
     addresses = [f"127.0.0.1:{p}" for p in free_ports(workers)]
