@@ -12,16 +12,17 @@ list and temporary files are reported as warnings. The first fault is printed as
 and the command exits with status 1; a clean directory prints "OK: ..." and exits 0.
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 import dataclasses
 import os
 import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app
 from google.protobuf.message import DecodeError
 
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.config import model_config
 from dbdist.data import features, writer
 from dbdist.data.manifest import MANIFEST_NAME, read_manifest
@@ -230,4 +231,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

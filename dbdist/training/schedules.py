@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from dbdist.errors import UserError
+
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 
 
@@ -11,11 +13,11 @@ class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, learning_rate, kind="constant", warmup_steps=0, total_steps=1, power=2.0):
         if kind not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}")
+            raise UserError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}")
         if kind == "constant" and warmup_steps:
-            raise ValueError("lr_schedule=constant has no warm-up; use constant_with_warmup")
+            raise UserError("lr_schedule=constant has no warm-up; use constant_with_warmup")
         if warmup_steps < 0 or warmup_steps > max(total_steps, 0):
-            raise ValueError(f"lr_warmup_steps must be in [0, {total_steps}], got {warmup_steps}")
+            raise UserError(f"lr_warmup_steps must be in [0, {total_steps}], got {warmup_steps}")
         self.learning_rate = learning_rate
         self.kind = kind
         self.warmup_steps = warmup_steps
