@@ -24,6 +24,10 @@ from dbdist import common_flags, errors
 from dbdist.demo_images import write_demo_images
 from dbdist.text.tokenizer import VOCAB_FILENAME
 
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("output_dir", "vocab_path"):
+    flags.declare_key_flag(_shared_flag)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("demo_train_steps", 150, "Training steps (tiny model, batch 2).")
 flags.DEFINE_integer("demo_sampling_steps", 25, "DDIM steps when sampling.")

@@ -26,6 +26,10 @@ from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.progress import Progress
 from dbdist.weights.pretrained import load_networks
 
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("model", "resolution", "weights", "unet_weights", "vocab_path", "output_dir", "seed"):
+    flags.declare_key_flag(_shared_flag)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", "", "A `dbdist.train` output dir: its preset, weights and export/unet.h5 are used.")
 flags.DEFINE_string("prompt", None, 'What to draw, e.g. "a photo of sks dog on the beach".')

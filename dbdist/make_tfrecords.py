@@ -30,6 +30,10 @@ from dbdist.progress import Progress
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.weights.pretrained import load_networks
 
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("model", "resolution", "weights", "vocab_path", "output_dir", "seed", "random_flip", "strategy", "num_cpu_devices", "tpu"):
+    flags.declare_key_flag(_shared_flag)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("instance_dir", None, "Folder of the subject's photos (jpg/png/webp/bmp, optional .txt captions), local or gs://.")
 flags.DEFINE_string("instance_prompt", None, 'Prompt naming the subject, e.g. "a photo of sks dog".')

@@ -44,6 +44,9 @@ from dbdist.training.summaries import Summaries
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 from dbdist.weights.pretrained import load_networks
 
+# --help lists the shared flags (dbdist/common_flags.py) too, not only this module's.
+flags.adopt_module_key_flags(common_flags)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("max_train_steps", 400, "Optimisation steps.")
 flags.DEFINE_integer("global_batch_size", 1, "Instance examples per step over all replicas; each is paired with one class example.")

@@ -19,11 +19,16 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 
 from dbdist import common_flags, errors
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
 from dbdist.data.reader import read_kind
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("data_dir",):
+    flags.declare_key_flag(_shared_flag)
 
 # Prompts listed per kind, most frequent first (captioned sets may have one per image).
 MAX_PROMPTS = 20

@@ -29,6 +29,10 @@ from dbdist.diffusion.ddim import pixels_to_uint8
 from dbdist.errors import UserError
 from dbdist.weights.pretrained import load_networks
 
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("data_dir", "weights", "seed"):
+    flags.declare_key_flag(_shared_flag)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "PNG file to write the preview grid to (local or gs://).")
 flags.DEFINE_integer("num", 16, "Records to show (fewer if the data directory has fewer).")

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 from google.protobuf.message import DecodeError
 
 from dbdist import common_flags, errors
@@ -27,6 +28,10 @@ from dbdist.config import model_config
 from dbdist.data import features, writer
 from dbdist.data.manifest import MANIFEST_NAME, read_manifest
 from dbdist.data.reader import tf_error_text
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("data_dir",):
+    flags.declare_key_flag(_shared_flag)
 
 _LIST_OF = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
 
