@@ -36,9 +36,11 @@ def test_unknown_tpu_vm_type_lists_the_valid_ones(name):
         tpu_vm_type(name)
 
 
-def test_tensorflow_version_is_the_one_pyproject_pins():
-    pin = re.search(r'"tensorflow==([0-9.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
-    assert pin == TENSORFLOW_VERSION
+def test_tensorflow_version_is_one_pyproject_admits():
+    from packaging.specifiers import SpecifierSet
+
+    supported = re.search(r'"tensorflow([<>=!~][^"]*)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert TENSORFLOW_VERSION in SpecifierSet(supported), f"{TENSORFLOW_VERSION} not in tensorflow{supported}"
 
 
 @pytest.mark.parametrize("args, spec, replicas", [
