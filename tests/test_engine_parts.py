@@ -55,6 +55,7 @@ def test_tpu_strategy_without_a_tpu_says_so():
         make_strategy("tpu", tpu="local")
 
 
+@pytest.mark.slow  # only in make test-all: train with --train_text_encoder and validation, then generate: a feature variant
 def test_text_encoder_training_exports_it_and_generate_uses_it(records_dir, vocab_path, tmp_path):
     from distributed_runs import exported_arrays
 

@@ -3,7 +3,8 @@
 Images in a bucket -> class images drawn into the bucket -> records in the bucket ->
 train with checkpoints and export in the bucket -> resume from them. Each command
 runs as users run it, in a fresh process whose gs:// I/O goes through TensorFlow's
-own GCS file system to the emulator.
+own GCS file system to the emulator. The end-to-end run is `slow` (make test-all); the fast
+tier keeps the missing-bucket refusal.
 """
 
 import json
@@ -53,6 +54,7 @@ def records(gcs_emulator, bucket, vocab_path):
     return f"gs://{BUCKET}/records", log
 
 
+@pytest.mark.slow  # the gs:// end-to-end run: make test-all
 def test_class_images_and_records_land_in_the_bucket(records, bucket):
     generated = [n for n in _names(bucket, "images/ball/") if re.fullmatch(r"class-\d{5}-[0-9a-f]{10}\.png", n)]
     assert len(generated) == 1 and generated[0].endswith(".png")  # 4 given + 1 drawn = 5
@@ -64,11 +66,13 @@ def test_class_images_and_records_land_in_the_bucket(records, bucket):
     assert set(manifest["instance_shards"] + manifest["class_shards"]) <= set(names)
 
 
+@pytest.mark.slow  # the gs:// end-to-end run: make test-all
 def test_verify_reads_every_record_from_the_bucket(gcs_emulator, records):
     out = _ok(gcs_emulator, "tfrecords_tools.verify", data_dir=records[0])
     assert "OK" in out and "8 records" in out
 
 
+@pytest.mark.slow  # the gs:// end-to-end run: make test-all
 def test_train_checkpoints_exports_and_resumes_in_the_bucket(gcs_emulator, records, bucket):
     run = f"gs://{BUCKET}/run"
     flags = dict(data_dir=records[0], output_dir=run, model="tiny", global_batch_size=2, learning_rate=1e-3,
