@@ -11,8 +11,10 @@ Each command imports this module first, before anything that imports TensorFlow:
   TF_CPP_MIN_LOG_LEVEL. So TensorFlow is imported here with stderr (the file descriptor,
   which the C++ code writes to) sent to a temporary file, and only the lines at or above the
   level are written back; everything that is not a TensorFlow log line is kept.
+- TensorFlow's Python logger shows INFO only when its C++ logs are shown.
 """
 
+import logging
 import os
 import re
 import sys
@@ -103,5 +105,13 @@ def import_tensorflow(min_level):
             sys.stderr.flush()
 
 
+def quiet_tensorflow_python_logs(min_level):
+    """TensorFlow's Python side logs through the `tensorflow` logger (e.g. "Sharding callback
+    duration" at every checkpoint); its INFO lines follow the C++ level."""
+    if min_level >= 1:
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
 set_tensorflow_log_defaults(sys.argv, os.environ)
 import_tensorflow(min_log_level(os.environ))
+quiet_tensorflow_python_logs(min_log_level(os.environ))

@@ -94,4 +94,7 @@ def test_missing_bucket_is_a_clear_error_not_a_hang(gcs_emulator, sample_images,
                   instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
                   output_dir="gs://no-such-dbdist-bucket/records")
     assert result.returncode != 0
-    assert "--output_dir=gs://no-such-dbdist-bucket/records: bucket gs://no-such-dbdist-bucket does not exist" in result.stderr
+    # One line for the user (dbdist/errors.py), not a traceback.
+    assert result.stderr.startswith("dbdist.make_tfrecords: error: --output_dir=gs://no-such-dbdist-bucket/records: "
+                                    "bucket gs://no-such-dbdist-bucket does not exist"), result.stderr[-3000:]
+    assert len(result.stderr.splitlines()) == 1, result.stderr[-3000:]

@@ -5,6 +5,7 @@ own output: what TensorFlow prints at import and what reaches stderr when main r
 """
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -94,3 +95,16 @@ def test_import_time_output_keeps_what_is_not_below_the_level():
     assert quiet.lines_to_show(text, 3) == foreign
     assert quiet.lines_to_show(text, 2) == foreign + error
     assert quiet.lines_to_show(text, 0) == text
+
+
+def test_tensorflow_python_info_logs_follow_the_cpp_level():
+    logger = logging.getLogger("tensorflow")
+    saved = logger.level
+    try:
+        logger.setLevel(logging.NOTSET)
+        quiet.quiet_tensorflow_python_logs(0)
+        assert logger.level == logging.NOTSET  # --verbosity=1: TensorFlow's INFO lines too
+        quiet.quiet_tensorflow_python_logs(3)
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(saved)
