@@ -108,3 +108,32 @@ def test_tensorflow_python_info_logs_follow_the_cpp_level():
         assert logger.level == logging.WARNING
     finally:
         logger.setLevel(saved)
+
+
+def test_the_named_user_errors_are_user_errors(tmp_path):
+    """What errors.run reports in one line: a resume with other settings, an image under --min_size,
+    a concepts mix of with and without class folders, a bad setting (the subprocess tests above
+    show the same for a bad flag, missing records and a concepts file)."""
+    from PIL import Image
+
+    from dbdist.config import model_config, with_resolution
+    from dbdist.data import concepts, images
+    from dbdist.training.checkpointing import check_resume_compatible
+
+    train = {"global_batch_size": 2, "grad_accum_steps": 1, "seed": 0, "train_text_encoder": False, "prior_loss_weight": 1.0}
+    saved = {"model": {"preset": "tiny", "resolution": 64}, "train": train, "runtime": {"mixed_precision": "no"}}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(errors.UserError, match="global_batch_size: 2 in the checkpoint, 4 now"):
+        check_resume_compatible(str(tmp_path / "config.json"), {**saved, "train": {**train, "global_batch_size": 4}})
+
+    Image.new("RGB", (16, 24)).save(tmp_path / "small.png")
+    with pytest.raises(errors.UserError, match=r"small\.png: 16x24 image is smaller than --min_size=20"):
+        images.load_image(tmp_path / "small.png", 64, min_size=20)
+
+    with_class = concepts.Concept("a", "a photo of sks dog", "dogs", "a photo of dog", 0)
+    without = concepts.Concept("b", "a photo of zzx cat", "", "", 0)
+    with pytest.raises(errors.UserError, match="give all concepts a class_dir or none"):
+        concepts.check_concepts([with_class, without], "concepts.json")
+
+    with pytest.raises(errors.UserError, match="multiple of 8, got 500"):
+        with_resolution(model_config("tiny"), 500)
