@@ -17,7 +17,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUCKET = "dbdist-e2e"
 TIMEOUT = 900  # s per command; a hang must fail the test
-ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}  # 3: dbdist's own default (dbdist/quiet.py)
 
 
 def _run(gcs, module, **flags):
