@@ -20,9 +20,8 @@ from tfrecords_tools import verify as records_verify
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_FLAGS = {"model", "resolution", "weights", "vocab_path", "output_dir", "seed"}
 STRATEGY_FLAGS = {"strategy", "num_cpu_devices", "tpu"}
-
-
-@pytest.mark.parametrize("command, shared", [
+# Each command and the shared flags it reads.
+SHARED_FLAGS = [
     (train, MODEL_FLAGS | STRATEGY_FLAGS | {"data_dir", "unet_weights", "random_flip"}),
     (make_tfrecords, MODEL_FLAGS | STRATEGY_FLAGS | {"random_flip"}),
     (generate, MODEL_FLAGS | {"unet_weights"}),
@@ -30,7 +29,11 @@ STRATEGY_FLAGS = {"strategy", "num_cpu_devices", "tpu"}
     (records_inspect, {"data_dir"}),
     (records_verify, {"data_dir"}),
     (records_preview, {"data_dir", "weights", "seed"}),
-], ids=lambda value: getattr(value, "__name__", ""))
+]
+COMMAND_NAMES = [command.__name__ for command, _ in SHARED_FLAGS]
+
+
+@pytest.mark.parametrize("command, shared", SHARED_FLAGS, ids=COMMAND_NAMES)
 def test_help_lists_the_shared_flags_each_command_reads(command, shared):
     listed = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(command)}
     assert shared <= listed, f"{command.__name__} --help leaves out {sorted(shared - listed)}"
