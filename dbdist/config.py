@@ -13,6 +13,8 @@ import dataclasses
 import json
 from typing import Optional
 
+from dbdist.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
@@ -154,7 +156,7 @@ MODEL_PRESETS = {"tiny": _tiny, "sd-v1": _sd_v1, "sd-v2": _sd_v2}
 def model_config(preset):
     """The ModelConfig of a named preset."""
     if preset not in MODEL_PRESETS:
-        raise ValueError(f"Unknown model preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}.")
+        raise UserError(f"Unknown model preset {preset!r}; expected one of {sorted(MODEL_PRESETS)}.")
     return MODEL_PRESETS[preset]()
 
 
@@ -235,27 +237,27 @@ class RunConfig:
         """Raises ValueError naming the first bad value."""
         m, t, r = self.model, self.train, self.runtime
         if m.resolution % 8 or m.resolution % m.vae.downsample_factor:
-            raise ValueError(f"resolution must be a multiple of {max(8, m.vae.downsample_factor)}, got {m.resolution}")
+            raise UserError(f"resolution must be a multiple of {max(8, m.vae.downsample_factor)}, got {m.resolution}")
         unet_factor = 2 ** (len(m.unet.block_channels) - 1)
         if m.latent_size % unet_factor:
-            raise ValueError(
+            raise UserError(
                 f"resolution {m.resolution} gives {m.latent_size}x{m.latent_size} latents, "
                 f"which the UNet's {len(m.unet.block_channels)} levels cannot halve {unet_factor}x; "
                 f"use a multiple of {unet_factor * m.vae.downsample_factor}"
             )
         if t.max_train_steps < 0:
-            raise ValueError(f"max_train_steps must be >= 0, got {t.max_train_steps}")
+            raise UserError(f"max_train_steps must be >= 0, got {t.max_train_steps}")
         if t.global_batch_size < 1:
-            raise ValueError(f"global_batch_size must be >= 1, got {t.global_batch_size}")
+            raise UserError(f"global_batch_size must be >= 1, got {t.global_batch_size}")
         if t.prior_loss_weight < 0:
-            raise ValueError(f"prior_loss_weight must be >= 0, got {t.prior_loss_weight}")
+            raise UserError(f"prior_loss_weight must be >= 0, got {t.prior_loss_weight}")
         if self.optim.learning_rate < 0:
-            raise ValueError(f"learning_rate must be >= 0, got {self.optim.learning_rate}")
+            raise UserError(f"learning_rate must be >= 0, got {self.optim.learning_rate}")
         for name in ("steps_per_loop", "grad_accum_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(t, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(t, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(t, name)}")
         if t.checkpoint_every % t.steps_per_loop:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint_every ({t.checkpoint_every}) must be a multiple of steps_per_loop ({t.steps_per_loop}): "
                 "checkpoints are taken between loops"
             )
@@ -267,11 +269,11 @@ class RunConfig:
                 "validation images are drawn between loops"
             )
         if t.validation_every and not t.validation_prompt:
-            raise ValueError("validation_every needs a validation_prompt")
+            raise UserError("validation_every needs a validation_prompt")
         if r.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
+            raise UserError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
         if r.strategy not in ("one_device", "mirrored", "multi_worker", "tpu"):
-            raise ValueError(f"strategy must be one_device, mirrored, multi_worker or tpu, got {r.strategy!r}")
+            raise UserError(f"strategy must be one_device, mirrored, multi_worker or tpu, got {r.strategy!r}")
         return self
 
     def to_json(self):
@@ -283,5 +285,5 @@ def with_resolution(config: ModelConfig, resolution: Optional[int]):
     if not resolution:
         return config
     if resolution <= 0 or resolution % 8:
-        raise ValueError(f"resolution must be a positive multiple of 8, got {resolution}")
+        raise UserError(f"resolution must be a positive multiple of 8, got {resolution}")
     return dataclasses.replace(config, resolution=resolution)

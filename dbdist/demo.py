@@ -10,17 +10,23 @@ is taken from --vocab_path, else from ../shared/data next to a dbdist
 checkout, else Keras' cache, else downloaded once (as keras-cv does).
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 import os
 import pathlib
 import subprocess
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.demo_images import write_demo_images
 from dbdist.text.tokenizer import VOCAB_FILENAME
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("output_dir", "vocab_path"):
+    flags.declare_key_flag(_shared_flag)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("demo_train_steps", 150, "Training steps (tiny model, batch 2).")
@@ -85,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -8,6 +8,8 @@ bucket of each gs:// flag exists.
 
 import tensorflow as tf
 
+from dbdist.errors import MissingInputError, UserError
+
 
 def bucket_of(path):
     """'b' for 'gs://b/x/y'; None for a local path."""
@@ -26,8 +28,8 @@ def check_buckets(**paths):
         if bucket is None:
             continue
         if not bucket:
-            raise ValueError(f"--{flag}={path}: expected gs://<bucket>/<path>")
+            raise UserError(f"--{flag}={path}: expected gs://<bucket>/<path>")
         if not tf.io.gfile.exists(f"gs://{bucket}"):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"--{flag}={path}: bucket gs://{bucket} does not exist (or these credentials cannot see it); "
                 f"create it with `gcloud storage buckets create gs://{bucket}` or fix the path")

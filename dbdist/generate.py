@@ -7,21 +7,28 @@ What to expect: image_000.png ... and grid.png in output_dir. The same seed give
 the same images; image i depends only on (seed, i), not on --batch_size.
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 import json
 import math
 import os
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.config import model_config, with_resolution
 from dbdist.data import images
+from dbdist.errors import MissingInputError, UserError
 from dbdist.gcs_paths import check_buckets
 from dbdist.sampling import Sampler
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.progress import Progress
 from dbdist.weights.pretrained import load_networks
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("model", "resolution", "weights", "unet_weights", "vocab_path", "output_dir", "seed"):
+    flags.declare_key_flag(_shared_flag)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", "", "A `dbdist.train` output dir: its preset, weights and export/unet.h5 are used.")
@@ -36,21 +43,21 @@ flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance scale (1 = n
 def _model_and_weights():
     """(model config, weights dir, {network: file} overrides, seed of tiny's random weights)."""
     if FLAGS.run_dir and FLAGS.unet_weights:
-        raise ValueError("pass either --run_dir or --unet_weights, not both")
+        raise UserError("pass either --run_dir or --unet_weights, not both")
     if not FLAGS.run_dir:
         files = {"unet": FLAGS.unet_weights} if FLAGS.unet_weights else {}
         return common_flags.selected_model_config(), FLAGS.weights, files, FLAGS.seed
     config_path = os.path.join(FLAGS.run_dir, "config.json")
     if not tf.io.gfile.exists(config_path):
-        raise FileNotFoundError(f"--run_dir {FLAGS.run_dir} has no config.json; expected a dbdist.train output dir")
+        raise MissingInputError(f"--run_dir {FLAGS.run_dir} has no config.json; expected a dbdist.train output dir")
     with tf.io.gfile.GFile(config_path) as f:
         run = json.load(f)
     preset = run["model"]["preset"]
     if FLAGS["model"].present and FLAGS.model != preset:
-        raise ValueError(f"--model={FLAGS.model} but --run_dir {FLAGS.run_dir} was trained as {preset!r}")
+        raise UserError(f"--model={FLAGS.model} but --run_dir {FLAGS.run_dir} was trained as {preset!r}")
     unet_path = os.path.join(FLAGS.run_dir, "export", "unet.h5")
     if not tf.io.gfile.exists(unet_path):
-        raise FileNotFoundError(f"{unet_path} is missing; did training in {FLAGS.run_dir} finish?")
+        raise MissingInputError(f"{unet_path} is missing; did training in {FLAGS.run_dir} finish?")
     files = {"unet": unet_path}
     text_encoder_path = os.path.join(FLAGS.run_dir, "export", "text_encoder.h5")
     if tf.io.gfile.exists(text_encoder_path):  # trained with --train_text_encoder
@@ -59,14 +66,22 @@ def _model_and_weights():
     return model, FLAGS.weights or run["runtime"]["weights"], files, run["train"]["seed"]
 
 
+def _check_num_steps(num_steps, num_train_timesteps):
+    """DDIM spaces its steps over the schedule's training timesteps: more steps than those would repeat some."""
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise UserError(f"--num_steps={num_steps} is out of range; expected 1 to {num_train_timesteps} "
+                        "(the schedule's training timesteps)")
+
+
 def main(argv):
     del argv
     common_flags.require("prompt", "output_dir")
     check_buckets(output_dir=FLAGS.output_dir, run_dir=FLAGS.run_dir, weights=FLAGS.weights,
                   unet_weights=FLAGS.unet_weights, vocab_path=FLAGS.vocab_path)
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
-        raise ValueError(f"--num_images and --batch_size must be >= 1, got {FLAGS.num_images}, {FLAGS.batch_size}")
+        raise UserError(f"--num_images and --batch_size must be >= 1, got {FLAGS.num_images}, {FLAGS.batch_size}")
     model, weights_dir, files, init_seed = _model_and_weights()
+    _check_num_steps(FLAGS.num_steps, model.schedule.num_train_timesteps)
     tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
     tokenizer.tokenize(FLAGS.prompt, model.text_encoder.max_length)  # a too-long prompt fails before any model is built
     tokenizer.tokenize(FLAGS.negative_prompt, model.text_encoder.max_length)
@@ -97,4 +112,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -13,19 +13,26 @@ so training never runs the text encoder; with --cache_latents the VAE posterior 
 stored too, so training skips the VAE.
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 from absl import app, flags, logging
 
 import dbdist
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig
 from dbdist.data import concepts as concepts_lib
 from dbdist.data import features, writer
 from dbdist.data.manifest import ConceptCounts, Manifest, write_manifest
 from dbdist.data.record_pipeline import EncodeSettings, RecordPipeline, Source
+from dbdist.errors import UserError
 from dbdist.gcs_paths import check_buckets
 from dbdist.progress import Progress
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.weights.pretrained import load_networks
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("model", "resolution", "weights", "vocab_path", "output_dir", "seed", "random_flip", "strategy", "num_cpu_devices", "tpu"):
+    flags.declare_key_flag(_shared_flag)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("instance_dir", None, "Folder of the subject's photos (jpg/png/webp/bmp, optional .txt captions), local or gs://.")
@@ -52,28 +59,31 @@ def _concepts():
         return concepts_lib.read_concepts_file(FLAGS.concepts_file, FLAGS.num_class_images)
     common_flags.require("instance_dir", "instance_prompt")
     if not FLAGS.instance_prompt.strip():
-        raise ValueError("--instance_prompt is blank; expected a prompt naming the subject, e.g. 'a photo of sks dog'")
+        raise UserError("--instance_prompt is blank; expected a prompt naming the subject, e.g. 'a photo of sks dog'")
     if FLAGS.class_dir and not FLAGS.class_prompt.strip():
-        raise ValueError(f"--class_dir={FLAGS.class_dir} needs --class_prompt (e.g. 'a photo of dog')")
+        raise UserError(f"--class_dir={FLAGS.class_dir} needs --class_prompt (e.g. 'a photo of dog')")
     if FLAGS.class_prompt and not FLAGS.class_dir:
-        raise ValueError("--class_prompt was given without --class_dir")
+        raise UserError("--class_prompt was given without --class_dir")
     concept = concepts_lib.Concept(FLAGS.instance_dir, FLAGS.instance_prompt, FLAGS.class_dir, FLAGS.class_prompt,
                                    FLAGS.num_class_images if FLAGS.class_dir else 0)
     if FLAGS.num_class_images and not FLAGS.class_dir:
-        raise ValueError(f"--num_class_images={FLAGS.num_class_images} needs --class_dir (the folder to draw into)")
+        raise UserError(f"--num_class_images={FLAGS.num_class_images} needs --class_dir (the folder to draw into)")
     return concepts_lib.check_concepts([concept], "flags")
 
 
 def _check_flags():
     for name in ("num_class_images", "min_size", "num_decode_threads"):
         if FLAGS[name].value < 0:
-            raise ValueError(f"--{name} must be >= 0, got {FLAGS[name].value}")
+            raise UserError(f"--{name} must be >= 0, got {FLAGS[name].value}")
     if FLAGS.class_num_steps < 1 or FLAGS.class_batch_size < 1:
-        raise ValueError(f"--class_num_steps and --class_batch_size must be >= 1, got "
+        raise UserError(f"--class_num_steps and --class_batch_size must be >= 1, got "
                          f"{FLAGS.class_num_steps}, {FLAGS.class_batch_size}")
     if FLAGS.max_shard_mb <= 0:
-        raise ValueError(f"--max_shard_mb must be > 0, got {FLAGS.max_shard_mb}")
+        raise UserError(f"--max_shard_mb must be > 0, got {FLAGS.max_shard_mb}")
     model = common_flags.selected_model_config()
+    if FLAGS.class_num_steps > model.schedule.num_train_timesteps:  # DDIM would repeat timesteps
+        raise UserError(f"--class_num_steps={FLAGS.class_num_steps} is out of range; expected 1 to "
+                        f"{model.schedule.num_train_timesteps} (the schedule's training timesteps)")
     # The same checks training will make, so bad settings fail before any work.
     RunConfig(model, DataConfig(), OptimConfig(), TrainConfig(), RuntimeConfig()).validate()
     return model
@@ -102,7 +112,7 @@ def _draw_class_images(model, concepts, tokenizer):
         return True
     strategy = make_strategy(FLAGS.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
     if settings.global_batch % strategy.num_replicas_in_sync:
-        raise ValueError(f"--class_batch_size {settings.global_batch} is not divisible by the "
+        raise UserError(f"--class_batch_size {settings.global_batch} is not divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas; use a multiple of {strategy.num_replicas_in_sync}")
     _barrier(strategy)  # every worker has planned before any writes into the shared folders
     if todo:
@@ -157,7 +167,7 @@ def main(argv):
             try:
                 token_ids[s.prompt] = tokenizer.tokenize(s.prompt, max_length)
             except ValueError as err:
-                raise ValueError(f"{s.path}: {err}") from err
+                raise UserError(f"{s.path}: {err}") from err
 
     # Stage 4: records, streamed into bounded shards; the manifest last.
     networks = ("text_encoder", "vae_encoder") if FLAGS.cache_latents else ("text_encoder",)
@@ -204,4 +214,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -9,6 +9,8 @@ loss_curve.png and export/unet.h5 (keras-cv layout). Running the same command
 again resumes from the newest checkpoint.
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 import json
 import math
 import os
@@ -16,9 +18,9 @@ import time
 
 import keras
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig
 from dbdist.data.augment import Augmentation
 from dbdist.data.manifest import check_compatible, read_manifest
@@ -42,6 +44,9 @@ from dbdist.training.strategy import is_chief, make_strategy
 from dbdist.training.summaries import Summaries
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 from dbdist.weights.pretrained import load_networks
+
+# --help lists the shared flags (dbdist/common_flags.py) too, not only this module's.
+flags.adopt_module_key_flags(common_flags)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("max_train_steps", 400, "Optimisation steps.")
@@ -319,4 +324,4 @@ def _any_worker(strategy, flag):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

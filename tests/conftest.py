@@ -65,3 +65,15 @@ def gcs_emulator():
 
     with GcsEmulator() as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="session")
+def latents_dir(tmp_path_factory, sample_images, vocab_path):
+    """The same images as `records_dir`, stored as cached latents with their flipped copies."""
+    from commands import run_command
+
+    out = tmp_path_factory.mktemp("latents")
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                class_dir=sample_images[1], class_prompt="a photo of ball", output_dir=out, vocab_path=vocab_path,
+                max_shard_mb=0.025, cache_latents=True, random_flip=True)
+    return out

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from dbdist.config import model_config
 from dbdist.diffusion import timestep_embedding
@@ -18,6 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _JAX_SCRIPT = """
 import json, sys
 import numpy as np
+import pytest
 import keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
 from dbdist.config import model_config
@@ -39,6 +41,7 @@ print(json.dumps({"tensorflow_imported": tensorflow_imported}))
 """
 
 
+@pytest.mark.slow  # only in make test-all: a fresh process under the JAX backend
 def test_tiny_models_match_under_jax(tmp_path):
     models = build_models(model_config("tiny"), ("unet", "text_encoder"), seed=0)
     save_keras_cv_h5(models.unet, tmp_path / "unet.h5")

@@ -40,18 +40,25 @@ def test_make_tfrecords_writes_shards_manifest_and_embeddings(records_dir, token
     assert instance["image"].shape == (3, 64, 64, 3)
 
 
-def test_train_writes_config_metrics_curve_and_keras_cv_export(records_dir, tmp_path):
-    run_command("train", data_dir=records_dir, output_dir=tmp_path, max_train_steps=3, learning_rate=1e-3, **TRAIN_FLAGS)
-    config = json.loads((tmp_path / "config.json").read_text())
+@pytest.fixture(scope="module")
+def trained_run(records_dir, tmp_path_factory):
+    """One tiny train run, shared by the test of what train writes and the generate tests."""
+    run_dir = tmp_path_factory.mktemp("run")
+    run_command("train", data_dir=records_dir, output_dir=run_dir, max_train_steps=3, learning_rate=1e-3, **TRAIN_FLAGS)
+    return run_dir
+
+
+def test_train_writes_config_metrics_curve_and_keras_cv_export(trained_run):
+    config = json.loads((trained_run / "config.json").read_text())
     assert config["model"]["preset"] == "tiny" and config["train"]["global_batch_size"] == 2
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:
         assert record.keys() == METRIC_KEYS
         assert record["loss"] == pytest.approx(record["instance_loss"] + record["prior_loss"], rel=1e-5)
         assert record["prior_loss"] > 0
-    assert Image.open(tmp_path / "loss_curve.png").size[0] > 100
-    export = tmp_path / "export" / "unet.h5"
+    assert Image.open(trained_run / "loss_curve.png").size[0] > 100
+    export = trained_run / "export" / "unet.h5"
     unet = build_models(model_config("tiny"), ("unet",), seed=0).unet
     initial = [np.array(v) for v in unet.weights]
     # Read back by Keras' own legacy h5 loader, which keras-cv's `load_weights("unet.h5")` runs
@@ -81,6 +88,7 @@ def test_learning_rate_zero_exports_the_loaded_weights_bit_for_bit(records_dir, 
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
+@pytest.mark.slow  # only in make test-all: a variant of make_tfrecords -> train above, without class images
 def test_instance_only_training(sample_images, vocab_path, tmp_path):
     run_command(
         "make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
@@ -92,11 +100,17 @@ def test_instance_only_training(sample_images, vocab_path, tmp_path):
     assert all(r["prior_loss"] == 0 and r["loss"] == r["instance_loss"] for r in records)
 
 
-@pytest.fixture(scope="module")
-def trained_run(records_dir, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    run_command("train", data_dir=records_dir, output_dir=run_dir, max_train_steps=2, learning_rate=1e-3, **TRAIN_FLAGS)
-    return run_dir
+@pytest.mark.slow  # only in make test-all: a precision variant of the train run above
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_finite_loss(records_dir, tmp_path, precision):
+    run_command(
+        "train", data_dir=records_dir, output_dir=tmp_path, max_train_steps=2, mixed_precision=precision,
+        learning_rate=1e-4, **TRAIN_FLAGS,
+    )
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    # Variables stay fp32 under mixed precision, and are exported as such (keras-cv's dtype).
+    assert all(a.dtype == np.float32 for a in _arrays(tmp_path / "export" / "unet.h5"))
 
 
 def test_generate_writes_pngs_and_grid_deterministically(trained_run, vocab_path, tmp_path):

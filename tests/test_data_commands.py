@@ -105,6 +105,7 @@ def test_topping_up_after_a_settings_change_draws_new_images(two_concepts, conce
     assert difference > 20, f"mean |difference| {difference:.1f}: a near-copy of {old}"
 
 
+@pytest.mark.slow  # only in make test-all: a fresh 2-device process drawing class images
 def test_class_images_do_not_depend_on_replicas_or_batch(two_concepts, tmp_path, vocab_path):
     """Two replicas of a mirrored strategy draw the same files as one device (batch 2 vs 4)."""
     import subprocess
@@ -128,11 +129,8 @@ def test_class_images_do_not_depend_on_replicas_or_batch(two_concepts, tmp_path,
         assert np.abs(mirrored[name] - single[name]).max() <= 1, name
 
 
-def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(sample_images, tmp_path, vocab_path):
-    out = tmp_path / "latents"
-    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
-                class_dir=sample_images[1], class_prompt="a photo of ball", output_dir=out, vocab_path=vocab_path,
-                cache_latents=True, random_flip=True)
+def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(sample_images, latents_dir, tmp_path):
+    out = latents_dir  # make_tfrecords --cache_latents --random_flip of sample_images (tests/conftest.py)
     m = read_manifest(out)
     assert (m.record_format, m.latent_shape, m.flipped_latents) == ("latents", (8, 8, 4), True)
     got = read_all_examples(out, m, "instance")

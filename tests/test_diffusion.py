@@ -72,6 +72,9 @@ def test_sampling_timesteps_match_keras_cv_spacing():
     assert list(sampling_timesteps(1)) == [999]
     with pytest.raises(ValueError, match="num_steps"):
         sampling_timesteps(0)
+    assert len(set(sampling_timesteps(1000))) == 1000  # every training timestep once
+    with pytest.raises(ValueError, match=r"num_steps must be in \[1, 1000\], got 1001"):
+        sampling_timesteps(1001)  # would repeat timesteps
 
 
 def test_initial_noise_is_per_image():

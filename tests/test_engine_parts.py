@@ -50,6 +50,7 @@ def test_malformed_tf_config(monkeypatch, value, message):
         read_tf_config()
 
 
+@pytest.mark.slow  # only in make test-all: train with --train_text_encoder and validation, then generate: a feature variant
 def test_text_encoder_training_exports_it_and_generate_uses_it(records_dir, vocab_path, tmp_path, monkeypatch):
     from distributed_runs import exported_arrays
 

@@ -3,7 +3,8 @@
 Images in a bucket -> class images drawn into the bucket -> records in the bucket ->
 train with checkpoints and export in the bucket -> resume from them. Each command
 runs as users run it, in a fresh process whose gs:// I/O goes through TensorFlow's
-own GCS file system to the emulator.
+own GCS file system to the emulator. The end-to-end run is `slow` (make test-all); the fast
+tier keeps the missing-bucket refusal.
 """
 
 import json
@@ -16,7 +17,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUCKET = "dbdist-e2e"
 TIMEOUT = 900  # s per command; a hang must fail the test
-ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}  # 3: dbdist's own default (dbdist/quiet.py)
 
 
 def _run(gcs, module, **flags):
@@ -53,6 +54,7 @@ def records(gcs_emulator, bucket, vocab_path):
     return f"gs://{BUCKET}/records", log
 
 
+@pytest.mark.slow  # the gs:// end-to-end run: make test-all
 def test_class_images_and_records_land_in_the_bucket(records, bucket):
     generated = [n for n in _names(bucket, "images/ball/") if re.fullmatch(r"class-\d{5}-[0-9a-f]{10}\.png", n)]
     assert len(generated) == 1 and generated[0].endswith(".png")  # 4 given + 1 drawn = 5
@@ -64,11 +66,13 @@ def test_class_images_and_records_land_in_the_bucket(records, bucket):
     assert set(manifest["instance_shards"] + manifest["class_shards"]) <= set(names)
 
 
+@pytest.mark.slow  # the gs:// end-to-end run: make test-all
 def test_verify_reads_every_record_from_the_bucket(gcs_emulator, records):
     out = _ok(gcs_emulator, "tfrecords_tools.verify", data_dir=records[0])
     assert "OK" in out and "8 records" in out
 
 
+@pytest.mark.slow  # the gs:// end-to-end run: make test-all
 def test_train_checkpoints_exports_and_resumes_in_the_bucket(gcs_emulator, records, bucket):
     run = f"gs://{BUCKET}/run"
     flags = dict(data_dir=records[0], output_dir=run, model="tiny", global_batch_size=2, learning_rate=1e-3,
@@ -90,4 +94,7 @@ def test_missing_bucket_is_a_clear_error_not_a_hang(gcs_emulator, sample_images,
                   instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
                   output_dir="gs://no-such-dbdist-bucket/records")
     assert result.returncode != 0
-    assert "--output_dir=gs://no-such-dbdist-bucket/records: bucket gs://no-such-dbdist-bucket does not exist" in result.stderr
+    # One line for the user (dbdist/errors.py), not a traceback.
+    assert result.stderr.startswith("dbdist.make_tfrecords: error: --output_dir=gs://no-such-dbdist-bucket/records: "
+                                    "bucket gs://no-such-dbdist-bucket does not exist"), result.stderr[-3000:]
+    assert len(result.stderr.splitlines()) == 1, result.stderr[-3000:]

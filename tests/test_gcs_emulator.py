@@ -234,7 +234,10 @@ def bucket(gcs_emulator):
 
 @pytest.fixture(scope="module")
 def tf_results(gcs_emulator, bucket):
-    """{operation: {"value": ...} or {"error": "..."}} from one TensorFlow subprocess."""
+    """{operation: {"value": ...} or {"error": "..."}} from one TensorFlow subprocess.
+
+    The tests that read it are `slow` (make test-all), with tests/test_gcs.py's end-to-end runs
+    that rely on what they check; the fast tier keeps the emulator's own tests and the missing-bucket refusal."""
     gcs_emulator.fail_next_uploads(RETRIED, 2)
     result = gcs_emulator.run(
         [sys.executable, "-c", TF_OPERATIONS, BUCKET, MISSING_BUCKET, RETRIED],
@@ -255,66 +258,81 @@ def value(tf_results, operation):
     return outcome["value"]
 
 
+@pytest.mark.slow
 def test_makedirs_writes_directory_markers(tf_results, bucket):
     assert value(tf_results, "makedirs") is True
     assert bucket.get_blob("d/sub/") is not None  # TensorFlow's placeholder object for the directory.
 
 
+@pytest.mark.slow
 def test_write_and_read_back(tf_results):
     assert value(tf_results, "write_read") == ["hello gcs", True]
 
 
+@pytest.mark.slow
 def test_tf_reads_object_uploaded_by_client(tf_results):
     assert value(tf_results, "read_client_object") is True
 
 
+@pytest.mark.slow
 def test_exists(tf_results):
     assert value(tf_results, "exists") == [True, False, True]
 
 
+@pytest.mark.slow
 def test_isdir(tf_results):
     assert value(tf_results, "isdir") == [True, False, False]
 
 
+@pytest.mark.slow
 def test_listdir(tf_results):
     # gs:// sub-directories come back with a trailing slash; the directory's own marker is left out.
     assert value(tf_results, "listdir") == ["a.txt", "data.bin", "sub/"]
 
 
+@pytest.mark.slow
 def test_glob(tf_results):
     assert value(tf_results, "glob") == [f"gs://{BUCKET}/d/a.txt", f"gs://{BUCKET}/d/data.bin"]
 
 
+@pytest.mark.slow
 def test_stat_size(tf_results):
     assert value(tf_results, "stat_size") == 3_000_003
 
 
+@pytest.mark.slow
 def test_append(tf_results):
     assert value(tf_results, "append") == "line 1\nline 2\n"
 
 
+@pytest.mark.slow
 def test_rename_overwrite(tf_results):
     assert value(tf_results, "rename_overwrite") == [False, "new content"]
 
 
+@pytest.mark.slow
 def test_rename_without_overwrite_refuses(tf_results):
     assert tf_results["rename_without_overwrite"]["error"].startswith("AlreadyExistsError")
 
 
+@pytest.mark.slow
 def test_remove(tf_results, bucket):
     assert value(tf_results, "remove") is False
     assert bucket.get_blob("d/other.txt") is None
 
 
+@pytest.mark.slow
 def test_copy_to_from_and_within_gcs(tf_results, bucket):
     assert value(tf_results, "copy_local_and_back") is True
     assert bucket.get_blob("copies/big-2.bin").size == 12_000_000
 
 
+@pytest.mark.slow
 def test_tfrecord_write_and_read(tf_results):
     assert value(tf_results, "tfrecord") == [4, True]
 
 
+@pytest.mark.slow
 def test_objects_written_by_tf_have_the_same_bytes_for_the_client(tf_results, bucket):
     value(tf_results, "write_read")
     assert bucket.blob("d/data.bin").download_as_bytes() == _payload("data.bin", 3_000_003)
@@ -326,6 +344,7 @@ def test_objects_written_by_tf_have_the_same_bytes_for_the_client(tf_results, bu
     assert _payload("record-2000000", 2_000_000) in records
 
 
+@pytest.mark.slow
 def test_checkpoint_manager_save_prune_restore(tf_results):
     latest, step, weight, files = value(tf_results, "checkpoint_manager")
     assert (latest, step, weight) == (f"gs://{BUCKET}/ckpt/ckpt-3", 3, 10.0)  # 7 + 3 increments
@@ -335,19 +354,23 @@ def test_checkpoint_manager_save_prune_restore(tf_results):
     ]
 
 
+@pytest.mark.slow
 def test_summary_writer(tf_results):
     assert value(tf_results, "summary_writer") == [0.0, 0.5, 1.0, 9.0]
 
 
+@pytest.mark.slow
 def test_h5_export_via_local_copy(tf_results):
     assert value(tf_results, "h5_via_local_copy") == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
 
 
+@pytest.mark.slow
 def test_rmtree(tf_results, bucket):
     assert value(tf_results, "rmtree") is False
     assert not list(bucket.list_blobs(prefix="scratch/"))
 
 
+@pytest.mark.slow
 def test_missing_bucket_fails_writes_and_reads(tf_results):
     """What TensorFlow says, for the product to turn into a clear message.
 
@@ -364,6 +387,7 @@ def test_missing_bucket_fails_writes_and_reads(tf_results):
         assert error.startswith("NotFoundError") and "404" in error and context in error, (operation, error)
 
 
+@pytest.mark.slow
 def test_missing_bucket_is_detectable_but_makedirs_hangs(tf_results):
     """tf.io.gfile.exists("gs://<bucket>") tells a missing bucket; makedirs under it never returns.
 
@@ -374,6 +398,7 @@ def test_missing_bucket_is_detectable_but_makedirs_hangs(tf_results):
     assert value(tf_results, "missing_bucket_makedirs") == "still running after 2 s"
 
 
+@pytest.mark.slow
 def test_failed_upload_is_resent_whole(gcs_emulator, tf_results, bucket):
     """After a failed PUT TensorFlow asks how much arrived; the answer must make it resend all."""
     assert value(tf_results, "retried_upload") is True

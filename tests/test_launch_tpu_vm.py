@@ -243,6 +243,7 @@ def _train_pid(marker, timeout=600):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # only in make test-all: training processes stopped and relaunched
 def test_sigterm_on_the_tpu_vm_then_relaunch_resumes(records_dir, tmp_path, gcloud_state):
     """Real dbdist (tiny preset) behind the fake gcloud: SIGTERM mid-run, relaunch, resume, export."""
     import shutil

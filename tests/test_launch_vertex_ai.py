@@ -149,6 +149,7 @@ def test_sdk_dicts_spell_fields_in_snake_case():
 
 
 @pytest.mark.distributed
+@pytest.mark.slow  # only in make test-all: two training processes
 def test_vertex_multi_worker_job_trains_on_two_local_workers(records_dir, tmp_path, monkeypatch):
     """The job's own container args and Vertex AI's TF_CONFIG and AIP_* variables, on 127.0.0.1."""
     job = custom_job("--project=test-project", "--region=us-central1", "--machine_type=n1-standard-4",

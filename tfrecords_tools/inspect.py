@@ -11,18 +11,24 @@ Records are read through the trainer's reader and decoder (`dbdist.data`), one a
 a time; a damaged shard fails naming it (`tfrecords_tools.verify` says which record).
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 import collections
 import json
 import os
 
 import numpy as np
 import tensorflow as tf
-from absl import app
+from absl import flags
 
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
 from dbdist.data.reader import read_kind
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("data_dir",):
+    flags.declare_key_flag(_shared_flag)
 
 # Prompts listed per kind, most frequent first (captioned sets may have one per image).
 MAX_PROMPTS = 20
@@ -99,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

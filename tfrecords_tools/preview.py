@@ -12,19 +12,26 @@ under MIN_TILE px are enlarged (nearest neighbour). Under each tile: its kind an
 The PNG is written atomically.
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 import math
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.config import model_config, with_resolution
 from dbdist.data import features, images
 from dbdist.data.manifest import read_manifest
 from dbdist.data.reader import read_kind
 from dbdist.diffusion.ddim import pixels_to_uint8
+from dbdist.errors import UserError
 from dbdist.weights.pretrained import load_networks
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("data_dir", "weights", "seed"):
+    flags.declare_key_flag(_shared_flag)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "PNG file to write the preview grid to (local or gs://).")
@@ -117,11 +124,11 @@ def preview(data_dir, num=16, kind="both", weights="", seed=0):
     """
     data_dir = str(data_dir)
     if num < 1:
-        raise ValueError(f"num must be >= 1, got {num}")
+        raise UserError(f"num must be >= 1, got {num}")
     manifest = read_manifest(data_dir)
     take = pick_counts(manifest, num, kind)
     if not take:
-        raise ValueError(f"{data_dir} has no {kind} records")
+        raise UserError(f"{data_dir} has no {kind} records")
     pictures, titles, prompts = [], [], []
     for kind_name, count in take.items():
         records, _ = read_kind(data_dir, manifest, kind_name)
@@ -150,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -12,20 +12,26 @@ list and temporary files are reported as warnings. The first fault is printed as
 and the command exits with status 1; a clean directory prints "OK: ..." and exits 0.
 """
 
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
 import dataclasses
 import os
 import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app
+from absl import flags
 from google.protobuf.message import DecodeError
 
-from dbdist import common_flags
+from dbdist import common_flags, errors
 from dbdist.config import model_config
 from dbdist.data import features, writer
 from dbdist.data.manifest import MANIFEST_NAME, read_manifest
 from dbdist.data.reader import tf_error_text
+
+# --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
+for _shared_flag in ("data_dir",):
+    flags.declare_key_flag(_shared_flag)
 
 _LIST_OF = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
 
@@ -230,4 +236,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -15,6 +15,7 @@ import os
 import tensorflow as tf
 
 from dbdist.data import images
+from dbdist.errors import MissingInputError, UserError
 
 REQUIRED_FIELDS = ("instance_dir", "instance_prompt", "class_dir", "class_prompt")
 OPTIONAL_FIELDS = ("num_class_images",)
@@ -36,23 +37,23 @@ class Concept:
 def check_concepts(concepts, where):
     """Errors for prompts and class folders that cannot work together; `where` names the source."""
     if not concepts:
-        raise ValueError(f"{where}: no concepts; expected at least one")
+        raise UserError(f"{where}: no concepts; expected at least one")
     for i, c in enumerate(concepts):
         name = f"{where}: concept {i}"
         if not c.instance_prompt.strip():
-            raise ValueError(f"{name}: instance_prompt is empty; expected a prompt naming the subject, "
+            raise UserError(f"{name}: instance_prompt is empty; expected a prompt naming the subject, "
                              "e.g. 'a photo of sks dog'")
         if c.class_dir and not c.class_prompt.strip():
-            raise ValueError(f"{name}: class_dir {c.class_dir} needs a class_prompt (e.g. 'a photo of dog')")
+            raise UserError(f"{name}: class_dir {c.class_dir} needs a class_prompt (e.g. 'a photo of dog')")
         if c.class_prompt.strip() and not c.class_dir:
-            raise ValueError(f"{name}: class_prompt {c.class_prompt!r} was given without a class_dir")
+            raise UserError(f"{name}: class_prompt {c.class_prompt!r} was given without a class_dir")
         if c.num_class_images < 0:
-            raise ValueError(f"{name}: num_class_images must be >= 0, got {c.num_class_images}")
+            raise UserError(f"{name}: num_class_images must be >= 0, got {c.num_class_images}")
         if c.num_class_images and not c.class_dir:
-            raise ValueError(f"{name}: num_class_images={c.num_class_images} needs a class_dir to draw into")
+            raise UserError(f"{name}: num_class_images={c.num_class_images} needs a class_dir to draw into")
     if len({c.has_class for c in concepts}) > 1:
         without = [i for i, c in enumerate(concepts) if not c.has_class]
-        raise ValueError(f"{where}: concepts {without} have no class_dir but others do; prior preservation "
+        raise UserError(f"{where}: concepts {without} have no class_dir but others do; prior preservation "
                          "pairs every instance example with a class example of its concept, so give all "
                          "concepts a class_dir or none")
     by_dir = {}
@@ -62,7 +63,7 @@ def check_concepts(concepts, where):
         key = c.class_dir.rstrip("/")
         if key in by_dir and concepts[by_dir[key]].class_prompt != c.class_prompt:
             j = by_dir[key]
-            raise ValueError(f"{where}: concepts {j} and {i} share class_dir {c.class_dir} with different "
+            raise UserError(f"{where}: concepts {j} and {i} share class_dir {c.class_dir} with different "
                              f"class prompts ({concepts[j].class_prompt!r} vs {c.class_prompt!r}); the images "
                              "of one folder have one prompt: give each class prompt its own folder")
         by_dir.setdefault(key, i)
@@ -73,36 +74,36 @@ def read_concepts_file(path, default_num_class_images=0):
     """The concepts of a JSON concepts file (local or gs://), checked."""
     path = str(path)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"--concepts_file {path} does not exist")
+        raise MissingInputError(f"--concepts_file {path} does not exist")
     with tf.io.gfile.GFile(path, "r") as f:
         text = f.read()
     try:
         items = json.loads(text)
     except ValueError as err:
-        raise ValueError(f"{path}: invalid JSON ({err}); expected a list of concept objects") from err
+        raise UserError(f"{path}: invalid JSON ({err}); expected a list of concept objects") from err
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON list of concept objects, got {type(items).__name__}")
+        raise UserError(f"{path}: expected a JSON list of concept objects, got {type(items).__name__}")
     concepts = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ValueError(f"{path}: concept {i} is {type(item).__name__}; expected an object with "
+            raise UserError(f"{path}: concept {i} is {type(item).__name__}; expected an object with "
                              f"{', '.join(REQUIRED_FIELDS)}")
         missing = [f for f in REQUIRED_FIELDS if f not in item]
         if missing:
-            raise ValueError(f"{path}: concept {i} is missing {', '.join(missing)}; each concept needs "
+            raise UserError(f"{path}: concept {i} is missing {', '.join(missing)}; each concept needs "
                              f"{', '.join(REQUIRED_FIELDS)} (class ones may be \"\") and optionally num_class_images")
         unknown = sorted(set(item) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
         if unknown:
-            raise ValueError(f"{path}: concept {i} has unknown fields {', '.join(unknown)}; expected "
+            raise UserError(f"{path}: concept {i} has unknown fields {', '.join(unknown)}; expected "
                              f"{', '.join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}")
         for field in REQUIRED_FIELDS:
             if not isinstance(item[field], str):
-                raise ValueError(f"{path}: concept {i}: {field} must be a string, got {item[field]!r}")
+                raise UserError(f"{path}: concept {i}: {field} must be a string, got {item[field]!r}")
         num = item.get("num_class_images", default_num_class_images)
         if isinstance(num, bool) or not isinstance(num, int):
-            raise ValueError(f"{path}: concept {i}: num_class_images must be an integer, got {num!r}")
+            raise UserError(f"{path}: concept {i}: num_class_images must be an integer, got {num!r}")
         if not item["instance_dir"]:
-            raise ValueError(f"{path}: concept {i}: instance_dir is empty")
+            raise UserError(f"{path}: concept {i}: instance_dir is empty")
         concepts.append(Concept(_relative_to(path, item["instance_dir"]), item["instance_prompt"],
                                 _relative_to(path, item["class_dir"]), item["class_prompt"], num))
     return check_concepts(concepts, path)
@@ -127,7 +128,7 @@ def read_caption(image_path, default_prompt):
     with tf.io.gfile.GFile(path, "r") as f:
         caption = " ".join(f.read().split())
     if not caption:
-        raise ValueError(f"{path}: caption file is empty; write the image's prompt in it or delete it")
+        raise UserError(f"{path}: caption file is empty; write the image's prompt in it or delete it")
     return caption
 
 

@@ -12,6 +12,7 @@ from absl import logging
 from PIL import Image, ImageOps
 
 from dbdist.data import writer
+from dbdist.errors import MissingInputError, UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _EXPECTED = "/".join(IMAGE_EXTENSIONS)
@@ -30,7 +31,7 @@ def list_images(directory):
     """
     directory = str(directory)
     if not tf.io.gfile.isdir(directory):
-        raise FileNotFoundError(f"{directory}: image directory does not exist "
+        raise MissingInputError(f"{directory}: image directory does not exist "
                                 f"(expected a directory of {_EXPECTED} files)")
     paths = []
     for name in sorted(tf.io.gfile.listdir(directory)):
@@ -41,11 +42,11 @@ def list_images(directory):
         if name.lower().endswith(".txt"):  # a sidecar caption (dbdist/data/concepts.py)
             continue
         if not is_image_name(name):
-            raise ValueError(f"{path}: not an image file; expected only {_EXPECTED} files "
+            raise UserError(f"{path}: not an image file; expected only {_EXPECTED} files "
                              f"(and .txt captions) in {directory} (move other files elsewhere)")
         paths.append(path)
     if not paths:
-        raise ValueError(f"{directory} contains no images; expected {_EXPECTED} files")
+        raise UserError(f"{directory} contains no images; expected {_EXPECTED} files")
     return paths
 
 
@@ -67,7 +68,7 @@ def _check_size(img, resolution, name, min_size):
     width, height = img.size
     side = min(width, height)
     if min_size and side < min_size:
-        raise ValueError(f"{name}: {width}x{height} image is smaller than --min_size={min_size} px "
+        raise UserError(f"{name}: {width}x{height} image is smaller than --min_size={min_size} px "
                          "(its shorter side); use a larger photo or lower --min_size")
     if side < resolution:
         logging.warning("%s: %dx%d image is smaller than %d px; upscaling it, expect blur",
@@ -110,7 +111,7 @@ def read_image(path):
     """Reads an image file as an 8-bit RGB PIL image, EXIF orientation applied."""
     path = str(path)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: image file does not exist")
+        raise MissingInputError(f"{path}: image file does not exist")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     try:
@@ -119,7 +120,7 @@ def read_image(path):
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        raise ValueError(f"{path}: cannot decode image ({err}); "
+        raise UserError(f"{path}: cannot decode image ({err}); "
                          "expected a jpg/png/webp/bmp file") from err
 
 

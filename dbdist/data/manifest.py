@@ -12,6 +12,7 @@ import os
 import tensorflow as tf
 
 from dbdist.data import features, writer
+from dbdist.errors import MissingInputError, UserError
 
 # 2: concepts, record_format (pixels / cached latents), pixel records keep the aspect ratio.
 FORMAT_VERSION = 2
@@ -113,34 +114,34 @@ def read_manifest(data_dir):
     data_dir = str(data_dir)
     path = os.path.join(data_dir, MANIFEST_NAME)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{data_dir} has no {MANIFEST_NAME}; "
+        raise MissingInputError(f"{data_dir} has no {MANIFEST_NAME}; "
                                 "run python -m dbdist.make_tfrecords first")
     with tf.io.gfile.GFile(path, "rb") as f:
         text = f.read()
     try:
         fields = json.loads(text)
     except ValueError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
+        raise UserError(f"{path}: invalid JSON ({err})") from err
     if not isinstance(fields, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(fields).__name__}")
+        raise UserError(f"{path}: expected a JSON object, got {type(fields).__name__}")
     if fields.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {fields.get('format_version')!r} is not supported; "
+        raise UserError(f"{path}: format_version {fields.get('format_version')!r} is not supported; "
                          f"this dbdist reads version {FORMAT_VERSION} (remake the data directory)")
     known = [f.name for f in dataclasses.fields(Manifest)]
     missing = sorted(set(known) - set(fields))
     if missing:
-        raise ValueError(f"{path}: missing fields {', '.join(missing)}")
+        raise UserError(f"{path}: missing fields {', '.join(missing)}")
     unknown = sorted(set(fields) - set(known))
     if unknown:
-        raise ValueError(f"{path}: unknown fields {', '.join(unknown)}; expected only {', '.join(known)}")
+        raise UserError(f"{path}: unknown fields {', '.join(unknown)}; expected only {', '.join(known)}")
     try:
         manifest = Manifest(**fields)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise UserError(f"{path}: {err}") from err
     absent = [name for name in manifest.instance_shards + manifest.class_shards
               if not tf.io.gfile.exists(os.path.join(data_dir, name))]
     if absent:
-        raise FileNotFoundError(f"{path} lists shards that do not exist in {data_dir}: {', '.join(absent)}")
+        raise MissingInputError(f"{path} lists shards that do not exist in {data_dir}: {', '.join(absent)}")
     return manifest
 
 
@@ -151,5 +152,5 @@ def check_compatible(manifest, *, preset, resolution, embedding_shape, data_dir=
     if made == wanted:
         return
     where = f"data_dir {data_dir}" if data_dir else "the data"
-    raise ValueError(f"{where} was made for preset '{made[0]}' at {made[1]} px with embeddings "
+    raise UserError(f"{where} was made for preset '{made[0]}' at {made[1]} px with embeddings "
                      f"{made[2]}; the model is '{wanted[0]}' at {wanted[1]} px with {wanted[2]}")

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from dbdist.data import augment, features
+from dbdist.errors import UserError
 
 _KEYS = {
     features.KIND_INSTANCE: dict(pixels=features.INSTANCE_PIXELS, mean=features.INSTANCE_LATENT_MEAN,
@@ -170,10 +171,10 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     layout = manifest.layout
     if augmentation.random_flip and layout.record_format == features.LATENTS and not layout.flipped_latents:
-        raise ValueError(f"{data_dir} holds cached latents without their flipped copies; remake it with "
+        raise UserError(f"{data_dir} holds cached latents without their flipped copies; remake it with "
                          "make_tfrecords --cache_latents --random_flip, or train without --random_flip")
     if not augmentation.center_crop and layout.record_format == features.LATENTS:
-        raise ValueError(f"{data_dir} holds cached latents of the centre crop; random crops need pixel "
+        raise UserError(f"{data_dir} holds cached latents of the centre crop; random crops need pixel "
                          "records (make_tfrecords without --cache_latents), or train with --center_crop")
 
     instance_records, instance_concepts = read_kind(data_dir, manifest, "instance")

@@ -13,8 +13,8 @@ from dbdist.diffusion.schedule import NoiseSchedule, timestep_embedding
 
 def sampling_timesteps(num_steps, num_train_timesteps=1000):
     """Descending timesteps: round(linspace(0, T-1, num_steps)), as keras-cv."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not 1 <= num_steps <= num_train_timesteps:  # more steps than timesteps would repeat some
+        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
     if num_steps == 1:
         return np.array([num_train_timesteps - 1])
     ratio = (num_train_timesteps - 1) / (num_steps - 1)

@@ -17,6 +17,8 @@ import ftfy
 import numpy as np
 import regex
 
+from dbdist.errors import MissingInputError, UserError
+
 VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_URL = "https://github.com/openai/CLIP/blob/main/clip/bpe_simple_vocab_16e6.txt.gz?raw=true"
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
@@ -37,7 +39,7 @@ _WORD_PATTERN = regex.compile(
 _WHITESPACE = regex.compile(r"\s+")
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UserError):
     """A prompt needs more tokens than the text encoder's sequence length."""
 
     def __init__(self, prompt, num_tokens, max_length):
@@ -160,7 +162,7 @@ class ClipTokenizer:
 
 
 def _missing(path):
-    return FileNotFoundError(
+    return MissingInputError(
         f"Vocabulary file {path} does not exist; expected the CLIP BPE "
         f"vocabulary {VOCAB_FILENAME} (pass --vocab_path).")
 

@@ -12,6 +12,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from dbdist.errors import UserError
 from dbdist.training.strategy import worker_scratch_dir
 
 # Settings that must not change across a resume (the rest, such as the
@@ -43,7 +44,7 @@ def check_resume_compatible(saved_config_path, new_config: dict):
                 new = f"preset {new_config['model']['preset']} at {new_config['model']['resolution']} px"
             differences.append(f"{name}: {old!r} in the checkpoint, {new!r} now")
     if differences:
-        raise ValueError(
+        raise UserError(
             f"cannot resume {os.path.dirname(saved_config_path)}: " + "; ".join(differences)
             + ". Use a new --output_dir, or the settings it was started with."
         )

@@ -18,6 +18,8 @@ import posixpath
 
 from absl import logging
 
+from dbdist.errors import UserError
+
 AIP_VARIABLES = ("AIP_CHECKPOINT_DIR", "AIP_MODEL_DIR", "AIP_TENSORBOARD_LOG_DIR")
 
 
@@ -30,7 +32,7 @@ def vertex_output_dir(environ):
     if not parents:
         return None
     if len(set(parents.values())) > 1:
-        raise ValueError(f"the AIP_* directories have different parents {parents}; pass --output_dir explicitly")
+        raise UserError(f"the AIP_* directories have different parents {parents}; pass --output_dir explicitly")
     return next(iter(parents.values()))
 
 

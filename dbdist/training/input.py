@@ -3,11 +3,12 @@
 import tensorflow as tf
 
 from dbdist.data.reader import make_train_dataset
+from dbdist.errors import UserError
 
 
 def per_replica_batch_size(global_batch, num_replicas):
     if global_batch % num_replicas:
-        raise ValueError(
+        raise UserError(
             f"global_batch_size {global_batch} is not divisible by the {num_replicas} replicas; "
             f"use a multiple of {num_replicas}"
         )

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from dbdist.errors import UserError
+
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 # Where polynomial decay ends: diffusers' get_polynomial_decay_schedule_with_warmup
 # (src/diffusers/optimization.py) decays (lr - lr_end) * remaining**power + lr_end with
@@ -16,18 +18,18 @@ class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, learning_rate, kind="constant", warmup_steps=0, total_steps=1, power=1.0):
         if kind not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}")
+            raise UserError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}")
         if kind == "constant" and warmup_steps:
-            raise ValueError("lr_schedule=constant has no warm-up; use constant_with_warmup")
+            raise UserError("lr_schedule=constant has no warm-up; use constant_with_warmup")
         if warmup_steps < 0 or warmup_steps > max(total_steps, 0):
-            raise ValueError(f"lr_warmup_steps must be in [0, {total_steps}], got {warmup_steps}")
+            raise UserError(f"lr_warmup_steps must be in [0, {total_steps}], got {warmup_steps}")
         if kind == "polynomial" and not learning_rate > POLYNOMIAL_END_LEARNING_RATE:
-            raise ValueError(
+            raise UserError(
                 f"lr_schedule=polynomial decays to {POLYNOMIAL_END_LEARNING_RATE:g}: the learning rate must be above it, "
                 f"got {learning_rate:g}"
             )
         if power <= 0:
-            raise ValueError(f"lr_power must be > 0, got {power}")
+            raise UserError(f"lr_power must be > 0, got {power}")
         self.learning_rate = learning_rate
         self.kind = kind
         self.warmup_steps = warmup_steps

@@ -6,6 +6,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from dbdist.errors import UserError
+
 STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -22,18 +24,18 @@ def read_tf_config():
     """The parsed TF_CONFIG, with errors that say what is wrong with it."""
     raw = os.environ.get("TF_CONFIG", "")
     if not raw:
-        raise ValueError("--strategy=multi_worker needs TF_CONFIG (set by Vertex AI, or by hand: see README)")
+        raise UserError("--strategy=multi_worker needs TF_CONFIG (set by Vertex AI, or by hand: see README)")
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({err}): {raw[:200]!r}") from err
+        raise UserError(f"TF_CONFIG is not valid JSON ({err}): {raw[:200]!r}") from err
     cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, dict) or not cluster:
-        raise ValueError(f"TF_CONFIG has no 'cluster' mapping of job names to host:port lists: {raw[:200]!r}")
+        raise UserError(f"TF_CONFIG has no 'cluster' mapping of job names to host:port lists: {raw[:200]!r}")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ValueError(f"TF_CONFIG needs 'task': {{'type': ..., 'index': ...}}, got {task!r}")
+        raise UserError(f"TF_CONFIG needs 'task': {{'type': ..., 'index': ...}}, got {task!r}")
     if task["type"] not in cluster or not 0 <= int(task["index"]) < len(cluster[task["type"]]):
-        raise ValueError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
+        raise UserError(f"TF_CONFIG task {task} is not in its cluster {cluster}")
     return config
 
 
@@ -72,7 +74,7 @@ def _tpu_strategy(tpu):
 def make_strategy(name, num_cpu_devices=0, tpu="local"):
     """A strategy by name. Build every variable inside its `scope()`."""
     if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+        raise UserError(f"strategy must be one of {STRATEGIES}, got {name!r}")
     if num_cpu_devices:
         split_cpu(num_cpu_devices)
     if name == "multi_worker":
