@@ -1,4 +1,4 @@
-# Three commands do all set-up on a fresh machine (Python 3.11-3.13 with venv):
+# Three commands do all set-up on a fresh machine (Python 3.10-3.13 with venv):
 #   make demo      # tiny model, generated sample images, local files: make_tfrecords -> train -> generate
 #   make test      # the fast tier, pytest -m "not slow": every command end to end on the tiny preset,
 #                  # the bad-input refusals, one topology-invariance and one resume check (< 10 min, 2 cores)
