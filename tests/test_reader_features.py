@@ -147,3 +147,63 @@ def test_corrupt_shard_is_named(tmp_path, damage):
     open(victim, "wb").write(bytes(data))
     with pytest.raises(reader.CorruptShardError, match=rf"{m.class_shards[1]}: corrupted, truncated"):
         reader.make_train_dataset(path, m, per_replica_batch=1, seed=0)
+
+
+def test_one_dataset_serves_a_workers_replicas_in_turn(tmp_path):
+    # Element k of one worker's dataset is local replica k % 2's batch: global positions
+    # [r*B, (r+1)*B), exactly what a dataset per replica gave before it was read once.
+    data = _data_dir(tmp_path, [(3, 2), (2, 3)])
+    aug = augment.Augmentation(random_flip=True)
+    shared = _take(data, 8, augmentation=aug, per_replica_batch=2, global_batch=6, replica_id=1, local_replicas=2)
+    per_replica = [_take(data, 4, augmentation=aug, per_replica_batch=2, global_batch=6, replica_id=r) for r in (1, 2)]
+    for k, batch in enumerate(shared):
+        replica, step = 1 + k % 2, k // 2
+        np.testing.assert_array_equal(batch[features.EXAMPLE_POSITION], [2 * replica, 2 * replica + 1])
+        for key, value in per_replica[replica - 1][step].items():
+            np.testing.assert_array_equal(batch[key], value)
+
+
+# Run in a fresh process: logical CPU devices must be configured before TensorFlow starts.
+_MIRRORED_READS = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+from dbdist.data import features, manifest, reader
+from dbdist.training import input as train_input
+from dbdist.training.strategy import make_strategy
+
+path = sys.argv[1]
+m = manifest.read_manifest(path)
+strategy = make_strategy("mirrored", num_cpu_devices=2)
+reads = []
+read_shard = reader._read_shard
+reader._read_shard = lambda shard, layout: reads.append(shard) or read_shard(shard, layout)
+dataset = train_input.distributed_dataset(strategy, path, m, global_batch=4, seed=3)
+steps = []
+for _, batch in zip(range(3), dataset):
+    steps.append([{key: v.numpy().tolist() for key, v in zip(
+        ("ids", "position"), (ids, position))} for ids, position in zip(
+        strategy.experimental_local_results(batch[features.INSTANCE_TOKEN_IDS]),
+        strategy.experimental_local_results(batch[features.EXAMPLE_POSITION]))])
+print(json.dumps({"reads": reads, "steps": steps}))
+"""
+
+
+def test_mirrored_replicas_share_one_read_of_the_shards(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path, m = _data_dir(tmp_path, [(5, 3)], max_shard_bytes=2 * (len(_record(0, 0, 0)) + 16))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", _MIRRORED_READS, path], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Each shard read once for the worker, not once per replica.
+    shards = [os.path.join(path, name) for name in m.instance_shards + m.class_shards]
+    assert sorted(result["reads"]) == sorted(shards)
+    whole = _take((path, m), 3, per_replica_batch=4)  # the same global batches on one replica
+    for step, replicas in enumerate(result["steps"]):
+        assert [r["position"] for r in replicas] == [[0, 1], [2, 3]]
+        got = np.concatenate([np.asarray(r["ids"]) for r in replicas])
+        np.testing.assert_array_equal(got, whole[step][features.INSTANCE_TOKEN_IDS])

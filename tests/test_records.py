@@ -346,7 +346,7 @@ def test_reader_rejects_bad_arguments_and_mismatched_shards(data_dir, tmp_path):
     path, m = data_dir
     with pytest.raises(ValueError, match=r"global_batch \(5\) must be a positive multiple of per_replica_batch \(2\)"):
         reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=5, seed=0)
-    with pytest.raises(ValueError, match=r"replica_id must be in \[0, 2\).*got 2"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\).*got replica_id=2, local_replicas=1"):
         reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=4, replica_id=2, seed=0)
     concepts = (dataclasses.replace(m.concepts[0], num_class=NUM_CLASS + 1),)
     wrong = dataclasses.replace(m, num_class=NUM_CLASS + 1, concepts=concepts)

@@ -139,7 +139,7 @@ def _class_indices(class_positions, concept, class_layout, seed):
     """
     rows, starts, counts = class_layout
     picks = []
-    for i in range(int(class_positions.shape[0])):  # the per-replica batch: static and small
+    for i in range(int(class_positions.shape[0])):  # the worker's slice of the batch: static and small
         q, c = class_positions[i], concept[i]
         n, start = tf.gather(counts, c), tf.gather(starts, c)
         concept_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), c)
@@ -150,22 +150,26 @@ def _class_indices(class_positions, concept, class_layout, seed):
 
 
 def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_batch=None,
-                       replica_id=0, start_step=0, augmentation=augment.Augmentation()):
-    """Infinite dataset of this replica's share of each global batch (flat dict, see module doc).
+                       replica_id=0, local_replicas=1, start_step=0, augmentation=augment.Augmentation()):
+    """Infinite dataset of the per-replica batches of replicas [replica_id, replica_id + local_replicas).
 
+    Element k of the dataset is replica `replica_id + k % local_replicas`'s share of
+    global batch `start_step + k // local_replicas` (the order tf.distribute hands a
+    worker's elements to its replicas). One call serves all replicas of a worker, so
+    the shards are read, and held in memory, once per worker, not once per replica.
     Keys: INSTANCE_PIXELS (pixel records) or INSTANCE_LATENT_MEAN/LOGVAR (latent
     records), INSTANCE_EMBEDDING/TOKEN_IDS, the CLASS_* ones when the manifest has
-    class data, and EXAMPLE_POSITION (this replica's positions within the global batch).
-    Call it once per replica with that replica's `replica_id` (e.g. from an InputContext).
+    class data, and EXAMPLE_POSITION (the example's position within the global batch).
     """
     batch = int(per_replica_batch)
     global_batch = batch if global_batch is None else int(global_batch)
     if batch < 1 or global_batch % batch:
         raise ValueError(f"global_batch ({global_batch}) must be a positive multiple of "
                          f"per_replica_batch ({batch})")
-    if not 0 <= replica_id < global_batch // batch:
-        raise ValueError(f"replica_id must be in [0, {global_batch // batch}) for global_batch "
-                         f"{global_batch} and per_replica_batch {batch}, got {replica_id}")
+    if local_replicas < 1 or not 0 <= replica_id <= global_batch // batch - local_replicas:
+        raise ValueError(f"replicas [replica_id, replica_id + local_replicas) must lie in [0, {global_batch // batch}) "
+                         f"for global_batch {global_batch} and per_replica_batch {batch}, got replica_id={replica_id}, "
+                         f"local_replicas={local_replicas}")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     layout = manifest.layout
@@ -190,14 +194,17 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
         for c in range(len(manifest.concepts)):
             rank[instance_concepts == c] = np.arange(np.sum(instance_concepts == c))
         per_concept = np.bincount(instance_concepts, minlength=len(manifest.concepts)).astype(np.int64)
+    # This worker's slice of every global batch: positions [offset, offset + local_replicas * batch),
+    # replica replica_id + j taking the j-th run of `batch` of them.
     offset = replica_id * batch
-    local = tf.range(batch, dtype=tf.int64)
+    slice_size = local_replicas * batch
+    local = tf.range(slice_size, dtype=tf.int64)
 
     def pick_records(step):
-        """This replica's serialized instance (and paired class) records at `step`."""
+        """This worker's serialized instance (and paired class) records at `step`."""
         positions = step * global_batch + offset + local
         idx = _stream_indices(positions, num_instance, tf.constant([seed, 0], tf.int64))
-        out = {"step": tf.fill([batch], step), "position": offset + local,
+        out = {"step": tf.fill([slice_size], step), "position": offset + local,
                "instance": tf.gather(instance_records, idx)}
         if manifest.has_class:
             concept = tf.gather(instance_concepts, idx)
@@ -223,7 +230,7 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
 
     dataset = tf.data.Dataset.counter(start=start_step, dtype=tf.int64).map(pick_records).unbatch()
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch, drop_remainder=True)
+    dataset = dataset.batch(batch, drop_remainder=True)  # consecutive runs of `batch`: one replica each
     options = tf.data.Options()
     # Sharding across replicas is done above by replica_id; tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
