@@ -16,8 +16,9 @@ from PIL import Image
 from dbdist.config import model_config
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
-from dbdist.data.reader import CorruptShardError, read_all_examples
+from dbdist.data.reader import CorruptShardError, make_train_dataset, read_all_examples
 from dbdist.models import build_models
+from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 
 GENERATED = re.compile(r"class-\d{5}-[0-9a-f]{10}\.png")
@@ -112,11 +113,17 @@ def test_class_images_do_not_depend_on_replicas_or_batch(two_concepts, tmp_path,
         assert np.abs(mirrored[name] - single[name]).max() <= 1, name
 
 
-def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(sample_images, tmp_path, vocab_path):
-    out = tmp_path / "latents"
+@pytest.fixture(scope="module")
+def latent_records(sample_images, tmp_path_factory, vocab_path):
+    out = tmp_path_factory.mktemp("latents")
     run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
                 class_dir=sample_images[1], class_prompt="a photo of ball", output_dir=out, vocab_path=vocab_path,
                 cache_latents=True, random_flip=True)
+    return out
+
+
+def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(latent_records, sample_images, tmp_path):
+    out = latent_records
     m = read_manifest(out)
     assert (m.record_format, m.latent_shape, m.flipped_latents) == ("latents", (8, 8, 4), True)
     got = read_all_examples(out, m, "instance")
@@ -140,6 +147,49 @@ def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(sample_image
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert all(np.isfinite(json.loads(line)["loss"]) for line in lines)
+
+
+class _CapturingUnet:
+    """Stands in for the UNet: keeps the latents it is given and predicts zeros."""
+
+    def __call__(self, inputs, training):
+        self.latents = np.asarray(inputs[0])
+        return np.zeros_like(self.latents)
+
+
+class _NoNoise:
+    """A schedule that adds no diffusion noise, so the UNet sees the sampled latents as they are."""
+
+    def add_noise(self, x0, noise, timesteps):
+        return x0
+
+    def training_target(self, x0, noise, timesteps):
+        return x0
+
+
+def test_cached_latents_draw_a_fresh_latent_every_step(latent_records):
+    # The records hold the posterior (mean, logvar), equal to the encoder's (test above). Two steps
+    # that read the same cached records must each sample mean + std * eps with their own eps:
+    # neither train on the mean nor reuse one draw.
+    m = read_manifest(latent_records)
+    (batch,) = make_train_dataset(latent_records, m, per_replica_batch=3, seed=0).take(1)
+    means = np.concatenate([batch[features.INSTANCE_LATENT_MEAN], batch[features.CLASS_LATENT_MEAN]])
+    logvars = np.concatenate([batch[features.INSTANCE_LATENT_LOGVAR], batch[features.CLASS_LATENT_LOGVAR]])
+    settings = LossSettings(global_batch_size=3, prior_loss_weight=1.0, scaling_factor=0.18215,
+                            time_embedding_dim=32, seed=0, latent_shape=m.latent_shape)
+    sampled = []
+    for step in (0, 1):
+        unet = _CapturingUnet()
+        randomness = draw_randomness(batch, step, settings)
+        dreambooth_loss(unet, None, _NoNoise(), batch, randomness, settings)
+        expected = (means + np.exp(0.5 * logvars) * np.asarray(randomness["vae_noise"])) * 0.18215
+        # float32 arithmetic on values of order 1: equal to rounding.
+        np.testing.assert_allclose(unet.latents, expected, atol=1e-5)
+        sampled.append(unet.latents)
+    # The tiny VAE's std is near 1, so draws lie ~0.18 apart at SD's scale, far above rounding.
+    for latents in sampled:
+        assert np.all(np.abs(latents - means * 0.18215).max(axis=(1, 2, 3)) > 0.05)  # not the mean
+    assert np.all(np.abs(sampled[0] - sampled[1]).max(axis=(1, 2, 3)) > 0.05)  # a fresh draw each step
 
 
 def test_every_image_mode_makes_valid_records(tmp_path, vocab_path):
