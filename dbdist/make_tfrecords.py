@@ -25,6 +25,7 @@ from dbdist.data.record_pipeline import EncodeSettings, RecordPipeline, Source
 from dbdist.gcs_paths import check_buckets
 from dbdist.progress import Progress
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
+from dbdist.weights.fingerprint import encoding_networks, fingerprints_of
 from dbdist.weights.pretrained import load_networks
 
 FLAGS = flags.FLAGS
@@ -107,7 +108,7 @@ def _draw_class_images(model, concepts, tokenizer):
     _barrier(strategy)  # every worker has planned before any writes into the shared folders
     if todo:
         with strategy.scope():
-            networks = load_networks(model, ("unet", "vae_decoder", "text_encoder"), FLAGS.weights, seed=FLAGS.seed)
+            networks = load_networks(model, ("unet", "vae_decoder", "text_encoder"), FLAGS.weights)
         sampler = class_images.DistributedSampler(strategy, model, networks, settings)
         encode = Sampler(model, networks, tokenizer).encode
         for job, missing in todo:
@@ -160,8 +161,8 @@ def main(argv):
                 raise ValueError(f"{s.path}: {err}") from err
 
     # Stage 4: records, streamed into bounded shards; the manifest last.
-    networks = ("text_encoder", "vae_encoder") if FLAGS.cache_latents else ("text_encoder",)
-    models = load_networks(model, networks, FLAGS.weights, seed=FLAGS.seed)
+    networks = encoding_networks(FLAGS.cache_latents)
+    models = load_networks(model, networks, FLAGS.weights)
     settings = EncodeSettings(
         resolution=model.resolution, cache_latents=FLAGS.cache_latents, random_flip=FLAGS.random_flip,
         min_size=FLAGS.min_size, workers=FLAGS.num_decode_threads)
@@ -197,6 +198,8 @@ def main(argv):
         instance_shards=shards["instance"],
         class_shards=shards["class"],
         created_by=f"dbdist {dbdist.__version__} make_tfrecords",
+        weights=FLAGS.weights,
+        encoder_fingerprints=fingerprints_of(models, networks),
     )
     write_manifest(FLAGS.output_dir, manifest)  # last: its presence marks the directory complete
     logging.info("wrote %d instance and %d class %s records (%d concept(s)) to %s", manifest.num_instance,

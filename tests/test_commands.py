@@ -59,6 +59,9 @@ def test_learning_rate_zero_exports_the_loaded_weights_bit_for_bit(records_dir, 
     start = build_models(model_config("tiny"), ("unet", "vae_encoder"), seed=42)
     save_keras_cv_h5(start.unet, weights_dir / "unet.h5")
     save_keras_cv_h5(start.vae_encoder, weights_dir / "vae_encoder.h5")
+    # The text encoder that made records_dir's embeddings (train checks it is this run's).
+    save_keras_cv_h5(build_models(model_config("tiny"), ("text_encoder",), seed=0).text_encoder,
+                     weights_dir / "text_encoder.h5")
     run_command(
         "train", data_dir=records_dir, output_dir=tmp_path / "run", weights=weights_dir, max_train_steps=2,
         learning_rate=0.0, **TRAIN_FLAGS,

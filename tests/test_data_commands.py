@@ -13,11 +13,13 @@ from commands import run_command
 from distributed_runs import REPO
 from PIL import Image
 
+from dbdist import generate
 from dbdist.config import model_config
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
 from dbdist.data.reader import CorruptShardError, make_train_dataset, read_all_examples
 from dbdist.models import build_models
+from dbdist.sampling import Sampler
 from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 
@@ -27,6 +29,12 @@ CLASS_FLAGS = dict(class_num_steps=2, class_batch_size=2)
 
 def _pixels(path):
     return np.asarray(Image.open(path), int)
+
+
+def _save_networks(models, folder):
+    for name in ("unet", "text_encoder", "vae_encoder", "vae_decoder"):
+        if getattr(models, name) is not None:
+            save_keras_cv_h5(getattr(models, name), folder / f"{name}.h5")
 
 
 def _generated(folder):
@@ -138,9 +146,9 @@ def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(latent_recor
         np.testing.assert_allclose(got[logvar_key], logvar, atol=1e-5)
     assert not np.allclose(got[features.LATENT_MEAN], got[features.LATENT_MEAN_FLIPPED])
 
-    # Training from cached latents never builds the VAE encoder: a weights folder without one works.
+    # Training from cached latents runs no VAE encoder (it is only loaded once, to check it made the latents).
     weights = tmp_path / "weights"
-    save_keras_cv_h5(build_models(model_config("tiny"), ("unet",), seed=0).unet, weights / "unet.h5")
+    _save_networks(build_models(model_config("tiny"), ("unet", "text_encoder", "vae_encoder"), seed=0), weights)
     run = tmp_path / "run"
     run_command("train", data_dir=out, output_dir=run, model="tiny", weights=weights, max_train_steps=2,
                 global_batch_size=2, learning_rate=1e-3, random_flip=True, log_every=1)
@@ -280,3 +288,71 @@ def test_train_refuses_a_corrupted_shard_by_name(records_dir, tmp_path):
     with pytest.raises(CorruptShardError, match=rf"{victim}: corrupted, truncated"):
         run_command("train", data_dir=data, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)
     assert not (tmp_path / "run" / "export").exists()
+
+
+# --- which networks made the records (defect 6) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """A --weights folder of tiny networks other than tiny's default ones (drawn from seed 42)."""
+    folder = tmp_path_factory.mktemp("other_weights")
+    _save_networks(build_models(model_config("tiny"), seed=42), folder)
+    return folder
+
+
+def test_records_train_and_generate_with_other_seeds_share_one_text_encoder(
+        sample_images, vocab_path, tmp_path, monkeypatch):
+    # --seed orders data and draws noise; it must not pick tiny's networks, or the text encoder that
+    # samples (generate) is not the one that made the embeddings the UNet was trained on.
+    records = tmp_path / "records"
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                output_dir=records, vocab_path=vocab_path, seed=1)
+    stored = read_all_examples(records, read_manifest(records), "instance")["embedding"][0]
+    run_command("train", data_dir=records, output_dir=tmp_path / "run", model="tiny", max_train_steps=1, seed=2)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["encoder_fingerprints"] == read_manifest(records).fingerprints
+    used = {}
+
+    def spy(model, networks, tokenizer, **kwargs):
+        used["text_encoder"], used["tokenizer"] = networks.text_encoder, tokenizer
+        return Sampler(model, networks, tokenizer, **kwargs)
+
+    monkeypatch.setattr(generate, "Sampler", spy)
+    run_command("generate", run_dir=tmp_path / "run", prompt="a photo of sks ball", num_images=1, num_steps=1,
+                seed=3, output_dir=tmp_path / "samples", vocab_path=vocab_path)
+    tokens = used["tokenizer"].tokenize("a photo of sks ball")[None]
+    # The same network on the same tokens: equal up to float32 rounding of a batch of one.
+    np.testing.assert_allclose(used["text_encoder"].predict_on_batch(tokens)[0], stored, atol=1e-6)
+
+
+def test_train_refuses_records_made_with_other_weights(sample_images, vocab_path, tmp_path, other_weights):
+    records = tmp_path / "records"
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                output_dir=records, vocab_path=vocab_path, weights=other_weights)
+    m = read_manifest(records)
+    assert m.weights == str(other_weights) and set(m.fingerprints) == {"text_encoder"}
+    with pytest.raises(ValueError, match=rf"{records} was encoded by a text_encoder with weights sha256:\w+\.\.\. "
+                                         rf"\(--weights={other_weights}\), but this run's text_encoder is "
+                                         r"sha256:\w+\.\.\. \(the preset's default weights\)"):
+        run_command("train", data_dir=records, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_train_refuses_cached_latents_of_another_vae(latent_records, tmp_path, other_weights):
+    # Same text encoder (tiny's default), another VAE: the cached latents belong to another latent space.
+    weights = tmp_path / "weights"
+    _save_networks(build_models(model_config("tiny"), ("unet", "text_encoder"), seed=0), weights)
+    shutil.copy(other_weights / "vae_encoder.h5", weights / "vae_encoder.h5")
+    with pytest.raises(ValueError, match=r"encoded by a vae_encoder with weights sha256:\w+\.\.\. \(the preset's "
+                                         rf"default weights\), but this run's vae_encoder is sha256:\w+\.\.\. "
+                                         rf"\(--weights={weights}\)"):
+        run_command("train", data_dir=latent_records, output_dir=tmp_path / "run", model="tiny", weights=weights,
+                    max_train_steps=1)
+
+
+def test_generate_refuses_a_text_encoder_other_than_the_records(records_dir, vocab_path, tmp_path, other_weights):
+    run_command("train", data_dir=records_dir, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)
+    with pytest.raises(ValueError, match=rf"records of --run_dir {tmp_path / 'run'} was encoded by a text_encoder "
+                                         rf".*but this run's text_encoder is .*\(--weights={other_weights}\)"):
+        run_command("generate", run_dir=tmp_path / "run", weights=other_weights, prompt="a photo of sks ball",
+                    num_images=1, num_steps=1, output_dir=tmp_path / "samples", vocab_path=vocab_path)

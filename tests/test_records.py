@@ -204,7 +204,7 @@ def test_manifest_missing(tmp_path):
     (lambda f: "{not json", ValueError, r"manifest.json: invalid JSON"),
     (lambda f: [f.pop("resolution"), f.pop("created_by")], ValueError,
      r"missing fields created_by, resolution"),
-    (lambda f: f.update(format_version=1), ValueError, r"format_version 1 is not supported.*version 2"),
+    (lambda f: f.update(format_version=1), ValueError, r"format_version 1 is not supported.*version 3: remake it with python -m dbdist.make_tfrecords"),
     (lambda f: f.update(concepts=[]), ValueError, r"at least one concept"),
     (lambda f: f.update(num_instance=2), ValueError, r"concepts hold 1 instance"),
     (lambda f: f.update(record_format="jpeg"), ValueError, r"record_format must be one of"),

@@ -14,7 +14,9 @@ import tensorflow as tf
 from dbdist.data import features, writer
 
 # 2: concepts, record_format (pixels / cached latents), pixel records keep the aspect ratio.
-FORMAT_VERSION = 2
+# 3: weights and encoder_fingerprints (which networks made the embeddings and latents).
+FORMAT_VERSION = 3
+REBUILD = "remake it with python -m dbdist.make_tfrecords (same flags, same --output_dir)"
 MANIFEST_NAME = writer.MANIFEST_NAME
 
 
@@ -48,6 +50,10 @@ class Manifest:
     instance_shards: tuple          # shard base names, relative to the data directory
     class_shards: tuple
     created_by: str                 # e.g. "dbdist 0.1.0 make_tfrecords"
+    weights: str = ""               # make_tfrecords' --weights ("" = the preset's default weights)
+    # (network, fingerprint) pairs of the text encoder (and, for cached latents, the VAE encoder)
+    # that encoded the records; see dbdist/weights/fingerprint.py. A JSON object in the file.
+    encoder_fingerprints: tuple = ()
 
     def __post_init__(self):
         # JSON gives lists and dicts; keep the dataclass hashable and comparable with tuples.
@@ -61,6 +67,11 @@ class Manifest:
             raise ValueError(f"embedding_shape must be (max_length={self.max_length}, width), "
                              f"got {self.embedding_shape}")
         self.layout  # checks record_format, latent_shape, flipped_latents
+        object.__setattr__(self, "encoder_fingerprints", tuple(sorted(dict(self.encoder_fingerprints).items())))
+        bad = {k: v for k, v in self.encoder_fingerprints
+               if k not in ("text_encoder", "vae_encoder") or not str(v).startswith("sha256:")}
+        if bad:
+            raise ValueError(f"encoder_fingerprints must map text_encoder/vae_encoder to 'sha256:...', got {bad}")
         if self.num_instance < 1 or not self.instance_shards:
             raise ValueError(f"a data directory needs instance examples, got num_instance="
                              f"{self.num_instance} in shards {self.instance_shards}")
@@ -81,6 +92,11 @@ class Manifest:
         """How to decode this directory's records."""
         return features.RecordLayout(self.resolution, self.embedding_shape, self.record_format,
                                      self.latent_shape, self.flipped_latents)
+
+    @property
+    def fingerprints(self):
+        """{network: fingerprint} of the networks that encoded the records."""
+        return dict(self.encoder_fingerprints)
 
     @property
     def has_class(self):
@@ -104,7 +120,9 @@ class Manifest:
 
 def write_manifest(data_dir, manifest):
     """Writes `<data_dir>/manifest.json` atomically; call it after every shard is in place."""
-    text = json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n"
+    fields = dataclasses.asdict(manifest)
+    fields["encoder_fingerprints"] = manifest.fingerprints
+    text = json.dumps(fields, indent=2, sort_keys=True) + "\n"
     writer.write_bytes_atomically(os.path.join(str(data_dir), MANIFEST_NAME), text.encode("utf-8"))
 
 
@@ -125,7 +143,7 @@ def read_manifest(data_dir):
         raise ValueError(f"{path}: expected a JSON object, got {type(fields).__name__}")
     if fields.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {fields.get('format_version')!r} is not supported; "
-                         f"this dbdist reads version {FORMAT_VERSION} (remake the data directory)")
+                         f"this dbdist reads version {FORMAT_VERSION}: {REBUILD}")
     known = [f.name for f in dataclasses.fields(Manifest)]
     missing = sorted(set(known) - set(fields))
     if missing:
