@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import app
 from commands import run_command
 from distributed_runs import REPO
@@ -17,9 +18,10 @@ from dbdist import generate
 from dbdist.config import model_config
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
-from dbdist.data.reader import CorruptShardError, make_train_dataset, read_all_examples
+from dbdist.data.reader import CorruptShardError, make_train_dataset, read_all_examples, read_prompt_table
 from dbdist.models import build_models
 from dbdist.sampling import Sampler
+from dbdist.weights.pretrained import RANDOM_INIT_SEED
 from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 
@@ -81,6 +83,29 @@ def test_concepts_captions_and_drawn_class_images(two_concepts, concept_records)
     assert not np.array_equal(inst["embedding"][0], inst["embedding"][1])  # the caption was encoded
     cls = read_all_examples(concept_records, m, "class")
     assert cls["concept"].tolist() == [0] * 6 + [1] * 3
+
+
+def test_records_store_each_prompt_once_and_batches_join_it_back(concept_records, tokenizer):
+    m = read_manifest(concept_records)
+    prompts = ["a photo of sks ball", "a photo of sks ball in the snow", "a photo of zzx toy", "a photo of ball",
+               "a photo of toy"]
+    table = read_prompt_table(concept_records, m)
+    assert sorted(table.prompts) == sorted(prompts) and m.num_prompts == 5  # 14 examples, 5 distinct prompts
+    for name in m.instance_shards + m.class_shards:
+        for record in tf.data.TFRecordDataset(str(concept_records / name)):
+            stored = set(tf.train.Example.FromString(record.numpy()).features.feature)
+            assert not stored & {features.EMBEDDING, features.TOKEN_IDS, features.PROMPT}, name
+    # Batches carry each example's own prompt's token ids and that prompt's text-encoder output.
+    encoder = build_models(model_config("tiny"), ("text_encoder",), seed=RANDOM_INIT_SEED).text_encoder
+    expected = {tuple(tokenizer.tokenize(p)): encoder.predict_on_batch(tokenizer.tokenize(p)[None])[0] for p in prompts}
+    seen = set()
+    for batch in make_train_dataset(concept_records, m, per_replica_batch=5, seed=0).take(3):
+        for kind in ("instance", "class"):
+            for ids, embedding in zip(batch[f"{kind}_token_ids"].numpy(), batch[f"{kind}_embedding"].numpy()):
+                seen.add(tuple(ids))
+                # The same network on the same tokens, batched differently: equal up to float32 rounding.
+                np.testing.assert_allclose(embedding, expected[tuple(ids)], atol=1e-5)
+    assert len(seen) == 5  # captions included
 
 
 def test_class_generation_is_resumable_and_draws_only_what_is_missing(two_concepts, concept_records, vocab_path):

@@ -11,12 +11,17 @@ from dbdist.data import augment, features, manifest as manifest_lib, reader, wri
 RES, EMB, LATENT = 4, (77, 2), (1, 1, 2)
 
 
-def _record(kind, index, concept, *, width=RES, latents=False, flipped=False):
-    """A record whose token_ids[0] = 1000 * kind + index and token_ids[1] = concept."""
+def _prompt_row(prompt_id, kind, index, concept):
+    """The prompt-table row of one record: token_ids[0] = 1000 * kind + index, token_ids[1] = concept."""
     ids = np.zeros(EMB[0], np.int64)
     ids[0], ids[1] = 1000 * kind + index, concept
-    common = dict(prompt=f"p{concept}", token_ids=ids, embedding=np.full(EMB, index, np.float32),
-                  kind=kind, index=index, source=f"{kind}-{index}.png", concept=concept)
+    return features.serialize_prompt(prompt_id=prompt_id, prompt=f"p{concept}", token_ids=ids,
+                                     embedding=np.full(EMB, index, np.float32))
+
+
+def _record(kind, index, concept, *, width=RES, latents=False, flipped=False, prompt_id=0):
+    """A record whose prompt (row `prompt_id`, see _prompt_row) identifies it."""
+    common = dict(prompt_id=prompt_id, kind=kind, index=index, source=f"{kind}-{index}.png", concept=concept)
     if latents:
         mean = np.full(LATENT, index + 1, np.float32)
         return features.serialize_example(**common, latents=(mean, mean - 100),
@@ -28,15 +33,21 @@ def _record(kind, index, concept, *, width=RES, latents=False, flipped=False):
 
 def _data_dir(path, concepts_counts, *, width=RES, latents=False, flipped=False, max_shard_bytes=10**9):
     """concepts_counts: [(num_instance, num_class)] per concept."""
-    shards, concepts = {}, []
+    shards, concepts, rows = {}, [], []
     for kind, name in ((0, "instance"), (1, "class")):
         with writer.ShardWriter(path, name, max_shard_bytes) as out:
             index = 0
             for c, counts in enumerate(concepts_counts):
                 for _ in range(counts[kind]):
-                    out.write(_record(kind, index, c, width=width, latents=latents, flipped=flipped))
+                    out.write(_record(kind, index, c, width=width, latents=latents, flipped=flipped,
+                                      prompt_id=len(rows)))
+                    rows.append(_prompt_row(len(rows), kind, index, c))
                     index += 1
             shards[name] = out.close()
+    with writer.ShardWriter(path, "prompts", max_shard_bytes) as out:
+        for row in rows:
+            out.write(row)
+        shards["prompts"] = out.close()
     for c, (n_inst, n_cls) in enumerate(concepts_counts):
         concepts.append(manifest_lib.ConceptCounts(
             instance_prompt=f"p{c}", class_prompt=f"c{c}" if n_cls else "", instance_dir=f"i{c}",
@@ -46,7 +57,7 @@ def _data_dir(path, concepts_counts, *, width=RES, latents=False, flipped=False,
         record_format="latents" if latents else "pixels", latent_shape=LATENT if latents else (),
         flipped_latents=flipped, concepts=tuple(concepts), num_instance=sum(n for n, _ in concepts_counts),
         num_class=sum(n for _, n in concepts_counts), instance_shards=shards["instance"],
-        class_shards=shards["class"], created_by="test")
+        class_shards=shards["class"], prompt_shards=shards["prompts"], num_prompts=len(rows), created_by="test")
     manifest_lib.write_manifest(path, m)
     return str(path), manifest_lib.read_manifest(path)
 

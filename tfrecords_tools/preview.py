@@ -22,7 +22,7 @@ from dbdist import common_flags
 from dbdist.config import model_config, with_resolution
 from dbdist.data import features, images
 from dbdist.data.manifest import read_manifest
-from dbdist.data.reader import read_kind
+from dbdist.data.reader import read_kind, read_prompt_table
 from dbdist.diffusion.ddim import pixels_to_uint8
 from dbdist.weights.pretrained import load_networks
 
@@ -122,6 +122,7 @@ def preview(data_dir, num=16, kind="both", weights=None):
     take = pick_counts(manifest, num, kind)
     if not take:
         raise ValueError(f"{data_dir} has no {kind} records")
+    table = read_prompt_table(data_dir, manifest)
     pictures, titles, prompts = [], [], []
     for kind_name, count in take.items():
         records, _ = read_kind(data_dir, manifest, kind_name)
@@ -133,7 +134,7 @@ def preview(data_dir, num=16, kind="both", weights=None):
                 pictures.append(example["latent_mean"].numpy())
             concept = f", concept {int(example['concept'])}" if len(manifest.concepts) > 1 else ""
             titles.append(f"{kind_name} {int(example['index'])}{concept}")
-            prompts.append(example["prompt"].numpy().decode("utf-8"))
+            prompts.append(table.prompts[int(example["prompt_id"])])
     if manifest.record_format == features.LATENTS:
         pictures = _decode_latents(manifest, pictures, manifest.weights if weights is None else weights)
     tiles = [captioned_tile(p, t, s) for p, t, s in zip(pictures, titles, prompts)]

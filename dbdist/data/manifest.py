@@ -14,7 +14,8 @@ import tensorflow as tf
 from dbdist.data import features, writer
 
 # 2: concepts, record_format (pixels / cached latents), pixel records keep the aspect ratio.
-# 3: weights and encoder_fingerprints (which networks made the embeddings and latents).
+# 3: weights and encoder_fingerprints (which networks made the embeddings and latents);
+#    each distinct prompt's token ids and embedding stored once, in the prompt table.
 FORMAT_VERSION = 3
 REBUILD = "remake it with python -m dbdist.make_tfrecords (same flags, same --output_dir)"
 MANIFEST_NAME = writer.MANIFEST_NAME
@@ -49,6 +50,8 @@ class Manifest:
     num_class: int
     instance_shards: tuple          # shard base names, relative to the data directory
     class_shards: tuple
+    prompt_shards: tuple            # the prompt table (dbdist/data/prompt_table.py)
+    num_prompts: int                # rows of the prompt table: prompt ids 0..num_prompts-1
     created_by: str                 # e.g. "dbdist 0.1.0 make_tfrecords"
     weights: str = ""               # make_tfrecords' --weights ("" = the preset's default weights)
     # (network, fingerprint) pairs of the text encoder (and, for cached latents, the VAE encoder)
@@ -57,7 +60,7 @@ class Manifest:
 
     def __post_init__(self):
         # JSON gives lists and dicts; keep the dataclass hashable and comparable with tuples.
-        for name in ("instance_shards", "class_shards"):
+        for name in ("instance_shards", "class_shards", "prompt_shards"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("embedding_shape", "latent_shape"):
             object.__setattr__(self, name, tuple(int(d) for d in getattr(self, name)))
@@ -75,6 +78,9 @@ class Manifest:
         if self.num_instance < 1 or not self.instance_shards:
             raise ValueError(f"a data directory needs instance examples, got num_instance="
                              f"{self.num_instance} in shards {self.instance_shards}")
+        if self.num_prompts < 1 or not self.prompt_shards:
+            raise ValueError(f"a data directory needs its prompt table, got num_prompts={self.num_prompts} "
+                             f"in shards {self.prompt_shards}")
         if (self.num_class > 0) != bool(self.class_shards):
             raise ValueError(f"num_class={self.num_class} does not match class_shards={self.class_shards}")
         if not concepts:
@@ -111,8 +117,8 @@ class Manifest:
         return self.concepts[0].class_prompt
 
     def shards(self, kind_name):
-        """Shard base names of 'instance' or 'class'."""
-        return {"instance": self.instance_shards, "class": self.class_shards}[kind_name]
+        """Shard base names of 'instance', 'class' or 'prompts' (the prompt table)."""
+        return {"instance": self.instance_shards, "class": self.class_shards, "prompts": self.prompt_shards}[kind_name]
 
     def num_examples(self, kind_name):
         return {"instance": self.num_instance, "class": self.num_class}[kind_name]
@@ -155,7 +161,7 @@ def read_manifest(data_dir):
         manifest = Manifest(**fields)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err}") from err
-    absent = [name for name in manifest.instance_shards + manifest.class_shards
+    absent = [name for name in manifest.instance_shards + manifest.class_shards + manifest.prompt_shards
               if not tf.io.gfile.exists(os.path.join(data_dir, name))]
     if absent:
         raise FileNotFoundError(f"{path} lists shards that do not exist in {data_dir}: {', '.join(absent)}")

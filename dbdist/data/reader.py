@@ -9,7 +9,9 @@ step number, so a global batch is the same whatever the replica split, and
 `start_step` resumes exactly without replaying earlier steps.
 
 Records are held in memory still serialized (PNG or raw latents: about their size on
-disk) and decoded, cropped and flipped per example in parallel as batches are made.
+disk) and decoded, cropped and flipped per example in parallel as batches are made;
+each example's text embedding and token ids are gathered from the prompt table
+(dbdist/data/prompt_table.py), held in memory once.
 """
 
 import os
@@ -19,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from dbdist.data import augment, features
+from dbdist.data.prompt_table import PromptTable
 
 _KEYS = {
     features.KIND_INSTANCE: dict(pixels=features.INSTANCE_PIXELS, mean=features.INSTANCE_LATENT_MEAN,
@@ -31,7 +34,7 @@ _KEYS = {
 
 
 # Scalar fields read up front to order, pair and check records.
-_ID_KEYS = (features.KIND, features.CONCEPT, features.INDEX)
+_ID_KEYS = (features.KIND, features.CONCEPT, features.INDEX, features.PROMPT_ID)
 
 
 class CorruptShardError(ValueError):
@@ -47,6 +50,11 @@ def tf_error_text(err):
     return f"{first}, got {got.group(1)}" if got else first
 
 
+def _corrupt(path, err):
+    return CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({tf_error_text(err)}); "
+                             f"run python -m tfrecords_tools.verify --data_dir={os.path.dirname(path)}")
+
+
 def _read_shard(path, layout):
     """All serialized records of one shard, checked against the spec (not yet decoded)."""
     try:
@@ -58,9 +66,31 @@ def _read_shard(path, layout):
         parsed = tf.io.parse_example(records, features.feature_spec(layout))
         ids = {k: parsed[k].numpy() for k in _ID_KEYS}
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
-        raise CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({tf_error_text(err)}); "
-                                f"run python -m tfrecords_tools.verify --data_dir={os.path.dirname(path)}") from err
+        raise _corrupt(path, err) from err
     return records, ids
+
+
+def read_prompt_table(data_dir, manifest):
+    """The `PromptTable` of `data_dir`, checked: rows 0..num_prompts-1, each once."""
+    rows = []
+    for name in manifest.prompt_shards:
+        path = os.path.join(str(data_dir), name)
+        try:
+            for batch in tf.data.TFRecordDataset(path).batch(256):
+                rows.append({k: v.numpy() for k, v in features.decode_prompts(batch, manifest.layout).items()})
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
+            raise _corrupt(path, err) from err
+    if not rows:
+        raise ValueError(f"{data_dir}: the prompt table {manifest.prompt_shards} is empty; "
+                         f"the manifest expects {manifest.num_prompts} prompts")
+    table = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    ids = table["prompt_id"]
+    if not np.array_equal(np.sort(ids), np.arange(manifest.num_prompts)):
+        raise ValueError(f"{data_dir}: the prompt table holds prompt ids {sorted(ids.tolist())[:20]}...; "
+                         f"the manifest expects 0..{manifest.num_prompts - 1}, each once")
+    order = np.argsort(ids)
+    return PromptTable(tuple(p.decode("utf-8") for p in table["prompt"][order]),
+                       table["token_ids"][order], table["embedding"][order])
 
 
 def read_kind(data_dir, manifest, kind_name):
@@ -85,13 +115,18 @@ def read_kind(data_dir, manifest, kind_name):
     if count and not 0 <= concepts.min() <= concepts.max() < len(manifest.concepts):
         raise ValueError(f"{data_dir}: {kind_name} records name concepts {sorted(set(concepts.tolist()))}; "
                          f"the manifest has {len(manifest.concepts)}")
+    prompt_ids = ids[features.PROMPT_ID]
+    if count and not 0 <= prompt_ids.min() <= prompt_ids.max() < manifest.num_prompts:
+        raise ValueError(f"{data_dir}: {kind_name} records name prompt ids {prompt_ids.min()}..{prompt_ids.max()}; "
+                         f"the prompt table has {manifest.num_prompts}")
     return tf.gather(records, order), concepts
 
 
 def read_all_examples(data_dir, manifest, kind):
     """Every record of `kind` ('instance'/'class' or its KIND_ id) decoded as numpy, ordered by index.
 
-    Keys as `features.decode_example`; "prompt"/"source" are str. Pixel images are
+    Keys as `features.decode_example` plus the prompt table's "prompt", "token_ids" and
+    "embedding" of each; "prompt"/"source" are str. Pixel images are
     stacked when they share a shape, else kept as an object array.
     """
     kind_name = features.KIND_NAMES[int(kind)] if isinstance(kind, (int, np.integer)) else kind
@@ -104,14 +139,14 @@ def read_all_examples(data_dir, manifest, kind):
     example = {}
     for key in decoded[0]:
         values = [d[key].numpy() for d in decoded]
-        if key in ("prompt", "source"):
+        if key == "source":
             example[key] = np.array([v.decode("utf-8") for v in values], dtype=object)
         elif len({np.shape(v) for v in values}) == 1:
             example[key] = np.stack(values)
         else:
             example[key] = np.empty(len(values), dtype=object)
             example[key][:] = values
-    return example
+    return read_prompt_table(data_dir, manifest).join(example)
 
 
 def _stream_indices(positions, num_records, kind_seed):
@@ -180,6 +215,8 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
         raise ValueError(f"{data_dir} holds cached latents of the centre crop; random crops need pixel "
                          "records (make_tfrecords without --cache_latents), or train with --center_crop")
 
+    table = read_prompt_table(data_dir, manifest)
+    embeddings, token_ids = tf.constant(table.embeddings), tf.constant(table.token_ids)
     instance_records, instance_concepts = read_kind(data_dir, manifest, "instance")
     num_instance = int(instance_records.shape[0])
     if manifest.has_class:
@@ -224,8 +261,8 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
                 out[keys["pixels"]] = features.to_pixels(image)
             else:
                 out[keys["mean"]], out[keys["logvar"]] = augment.pick_latents(example, augmentation, **where)
-            out[keys["embedding"]] = example["embedding"]
-            out[keys["token_ids"]] = example["token_ids"]
+            out[keys["embedding"]] = tf.gather(embeddings, example["prompt_id"])
+            out[keys["token_ids"]] = tf.gather(token_ids, example["prompt_id"])
         return out
 
     dataset = tf.data.Dataset.counter(start=start_step, dtype=tf.int64).map(pick_records).unbatch()
