@@ -181,22 +181,22 @@ def _unknown_prompt_id(example):
 ])
 def test_verify_names_a_record_that_breaks_the_feature_spec(records_dir, tmp_path, capsys, shard_of, damage, message):
     data_dir = _copy(records_dir, tmp_path)
-    shard = _shard_with_two_records(data_dir) if shard_of == "example" else _prompt_shard(data_dir)
+    shard = _shard_with_two_records(data_dir) if shard_of == "example" else _last_prompt_shard(data_dir)
     records = _records(shard)
-    example = tf.train.Example.FromString(records[1])
+    damaged = len(records) - 1  # prompt id 1, the last row of the table
+    example = tf.train.Example.FromString(records[damaged])
     damage(example)
-    _write_records(shard, [records[0], example.SerializeToString()] + records[2:])  # a valid TFRecord file
-    assert _verify_fault(data_dir, capsys) == f"FAULT: {shard} record 1: {message}"
+    _write_records(shard, records[:damaged] + [example.SerializeToString()] + records[damaged + 1:])  # valid framing
+    assert _verify_fault(data_dir, capsys) == f"FAULT: {shard} record {damaged}: {message}"
 
 
-def _prompt_shard(data_dir):
-    (name,) = read_manifest(data_dir).prompt_shards  # both prompts of records_dir in one shard
-    return data_dir / name
+def _last_prompt_shard(data_dir):
+    return data_dir / read_manifest(data_dir).prompt_shards[-1]
 
 
 def test_verify_faults_on_a_missing_or_corrupt_prompt_table(records_dir, tmp_path, capsys):
     data_dir = _copy(records_dir, tmp_path)
-    shard = _prompt_shard(data_dir)
+    shard = _last_prompt_shard(data_dir)
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # the CRC no longer matches
     shard.write_bytes(bytes(data))
