@@ -199,13 +199,6 @@ def main(argv):
         data_dir=FLAGS.data_dir,
     )
     config = _run_config(model, manifest)
-    # The stored embeddings (and cached latents) must come from this run's text encoder (and VAE):
-    # generate encodes prompts and decodes latents with the run's weights.
-    check_same_encoders(
-        manifest.fingerprints,
-        load_fingerprints(model, manifest.fingerprints, config.runtime.weights),
-        data_dir=FLAGS.data_dir, recorded_weights=manifest.weights, current_weights=config.runtime.weights,
-    )
     train = config.train
     _set_precision(config.runtime.mixed_precision)
 
@@ -213,6 +206,14 @@ def main(argv):
     strategy = make_strategy(config.runtime.strategy, common_flags.NUM_CPU_DEVICES.value, common_flags.TPU.value)
     chief = is_chief(strategy)
     train_input.per_replica_batch_size(train.global_batch_size, strategy.num_replicas_in_sync)
+    # The stored embeddings (and cached latents) must come from this run's text encoder (and VAE):
+    # generate encodes prompts and decodes latents with the run's weights. (Checked after the
+    # strategy: building a network starts TensorFlow, after which logical devices are fixed.)
+    check_same_encoders(
+        manifest.fingerprints,
+        load_fingerprints(model, manifest.fingerprints, config.runtime.weights),
+        data_dir=FLAGS.data_dir, recorded_weights=manifest.weights, current_weights=config.runtime.weights,
+    )
 
     # Stage 3: models and optimizers. Stage 4: restore (resume first, see _build_state).
     state = _build_state(config, strategy, need_vae_encoder=manifest.record_format != "latents")
