@@ -48,20 +48,24 @@ def _write_records(directory, model, count=16):
     rng = np.random.default_rng(0)
     length, width = model.embedding_shape
     shards = {}
+    with writer.ShardWriter(directory, "prompts", 2**30) as out:
+        out.write(features.serialize_prompt(prompt_id=0, prompt="a photo", token_ids=np.full((length,), 49407),
+                                            embedding=np.zeros((length, width), np.float32)))
+        shards["prompts"] = out.close()
     for kind, name in ((features.KIND_INSTANCE, "instance"), (features.KIND_CLASS, "class")):
         with writer.ShardWriter(directory, name, 2**30) as out:
             for i in range(count):
                 out.write(features.serialize_example(
                     image=rng.integers(0, 255, (model.resolution, model.resolution, 3), dtype=np.uint8),
-                    prompt="a photo", token_ids=np.full((length,), 49407),
-                    embedding=np.zeros((length, width), np.float32), kind=kind, index=i, source=f"{i}.png"))
+                    prompt_id=0, kind=kind, index=i, source=f"{i}.png"))
             shards[name] = out.close()
     write_manifest(directory, Manifest(
         preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape, max_length=length,
         num_instance=count, num_class=count, concepts=(ConceptCounts(
             instance_prompt="a photo", class_prompt="a photo", instance_dir="", class_dir="", num_instance=count,
             num_class=count),),
-        instance_shards=shards["instance"], class_shards=shards["class"], created_by="benchmark",
+        instance_shards=shards["instance"], class_shards=shards["class"], prompt_shards=shards["prompts"],
+        num_prompts=1, created_by="benchmark",
     ))
 
 

@@ -12,10 +12,10 @@ WEIGHTS = flags.DEFINE_string(
     "",
     "Directory (local or gs://) with keras-cv layout .h5 files (unet.h5 / kcv_diffusion_model.h5, "
     "text_encoder.h5 / kcv_encoder.h5, vae_encoder.h5, vae_decoder.h5 / kcv_decoder.h5). Empty: keras-cv's "
-    "published files for sd-v1/sd-v2 (downloaded once, hash-checked); random weights from --seed for tiny.",
+    "published files for sd-v1/sd-v2 (downloaded once, hash-checked); fixed random weights for tiny.",
 )
 RESOLUTION = flags.DEFINE_integer("resolution", None, "Training image size in pixels (multiple of 8); default: the preset's.")
-SEED = flags.DEFINE_integer("seed", 0, "Random seed: tiny's random weights, data order, training noise, sampling noise.")
+SEED = flags.DEFINE_integer("seed", 0, "Random seed: data order, training noise, sampling noise (not tiny's weights, which are fixed).")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Records made by `python -m dbdist.make_tfrecords` (local or gs://).")
 OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where this command writes its results (local or gs://).")
 VOCAB_PATH = flags.DEFINE_string(

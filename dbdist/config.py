@@ -168,6 +168,9 @@ class DataConfig:
     # Augmentation at training time, keyed by (seed, step, example) (dbdist/data/augment.py).
     random_flip: bool = False
     center_crop: bool = True  # False: random square crops of pixel records
+    # {network: fingerprint} of the text encoder (and VAE encoder) that made the records
+    # (dbdist/weights/fingerprint.py), so generate can refuse other ones.
+    encoder_fingerprints: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dbdist.gcs_paths import check_buckets
 from dbdist.sampling import Sampler
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 from dbdist.progress import Progress
+from dbdist.weights.fingerprint import check_same_encoders, fingerprints_of, load_fingerprints
 from dbdist.weights.pretrained import load_networks
 
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
@@ -41,12 +42,12 @@ flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance scale (1 = n
 
 
 def _model_and_weights():
-    """(model config, weights dir, {network: file} overrides, seed of tiny's random weights)."""
+    """(model config, weights dir, {network: file} overrides, the run's config.json or None)."""
     if FLAGS.run_dir and FLAGS.unet_weights:
         raise UserError("pass either --run_dir or --unet_weights, not both")
     if not FLAGS.run_dir:
         files = {"unet": FLAGS.unet_weights} if FLAGS.unet_weights else {}
-        return common_flags.selected_model_config(), FLAGS.weights, files, FLAGS.seed
+        return common_flags.selected_model_config(), FLAGS.weights, files, None
     config_path = os.path.join(FLAGS.run_dir, "config.json")
     if not tf.io.gfile.exists(config_path):
         raise MissingInputError(f"--run_dir {FLAGS.run_dir} has no config.json; expected a dbdist.train output dir")
@@ -63,7 +64,18 @@ def _model_and_weights():
     if tf.io.gfile.exists(text_encoder_path):  # trained with --train_text_encoder
         files["text_encoder"] = text_encoder_path
     model = with_resolution(model_config(preset), FLAGS.resolution or run["model"]["resolution"])
-    return model, FLAGS.weights or run["runtime"]["weights"], files, run["train"]["seed"]
+    return model, FLAGS.weights or run["runtime"]["weights"], files, run
+
+
+def _check_run_encoders(run, model, networks, weights_dir, files):
+    """Refuses a text encoder / VAE other than the ones that made the run's records (e.g. another --weights)."""
+    recorded = dict(run["data"].get("encoder_fingerprints") or {})
+    if "text_encoder" in files:
+        recorded.pop("text_encoder", None)  # trained with --train_text_encoder: its own export is the right one
+    current = fingerprints_of(networks, [n for n in recorded if n == "text_encoder"])
+    current.update(load_fingerprints(model, [n for n in recorded if n != "text_encoder"], weights_dir))
+    check_same_encoders(recorded, current, data_dir=f"the records of --run_dir {FLAGS.run_dir}",
+                        recorded_weights=run["runtime"]["weights"], current_weights=weights_dir)
 
 
 def _check_num_steps(num_steps, num_train_timesteps):
@@ -80,7 +92,7 @@ def main(argv):
                   unet_weights=FLAGS.unet_weights, vocab_path=FLAGS.vocab_path)
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
         raise UserError(f"--num_images and --batch_size must be >= 1, got {FLAGS.num_images}, {FLAGS.batch_size}")
-    model, weights_dir, files, init_seed = _model_and_weights()
+    model, weights_dir, files, run = _model_and_weights()
     _check_num_steps(FLAGS.num_steps, model.schedule.num_train_timesteps)
     tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
     tokenizer.tokenize(FLAGS.prompt, model.text_encoder.max_length)  # a too-long prompt fails before any model is built
@@ -89,9 +101,10 @@ def main(argv):
         model,
         ("unet", "vae_decoder", "text_encoder"),
         weights_dir=weights_dir,
-        seed=init_seed,
         files=files,
     )
+    if run is not None:
+        _check_run_encoders(run, model, networks, weights_dir, files)
     sampler = Sampler(model, networks, tokenizer, compile=tf.function)
     progress = Progress(FLAGS.num_images, every_s=0)
     pictures = sampler.images(

@@ -6,11 +6,12 @@ How to run (tiny demo):
       --output_dir=/tmp/db/records --model=tiny
 Several subjects: --concepts_file=concepts.json (see dbdist/data/concepts.py).
 What to expect: missing class images drawn into --class_dir first (on every replica
-of --strategy; a rerun draws only what is missing), then `instance-*.tfrecord`,
-`class-*.tfrecord` and, written last, `manifest.json`. Prompts (or sidecar .txt
-captions) are encoded by the preset's text encoder and stored with every example,
-so training never runs the text encoder; with --cache_latents the VAE posterior is
-stored too, so training skips the VAE.
+of --strategy; a rerun draws only what is missing), then `prompts-*.tfrecord`,
+`instance-*.tfrecord`, `class-*.tfrecord` and, written last, `manifest.json`. Each
+distinct prompt (or sidecar .txt caption) is encoded by the preset's text encoder and
+stored once in the prompt table, which examples point into, so training never runs
+the text encoder; with --cache_latents the VAE posterior is stored with each example,
+so training skips the VAE.
 """
 
 from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
@@ -23,11 +24,13 @@ from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, Tra
 from dbdist.data import concepts as concepts_lib
 from dbdist.data import features, writer
 from dbdist.data.manifest import ConceptCounts, Manifest, write_manifest
+from dbdist.data.prompt_table import write_prompt_table
 from dbdist.data.record_pipeline import EncodeSettings, RecordPipeline, Source
 from dbdist.errors import UserError
 from dbdist.gcs_paths import check_buckets
 from dbdist.progress import Progress
 from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
+from dbdist.weights.fingerprint import encoding_networks, fingerprints_of
 from dbdist.weights.pretrained import load_networks
 
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
@@ -117,7 +120,7 @@ def _draw_class_images(model, concepts, tokenizer):
     _barrier(strategy)  # every worker has planned before any writes into the shared folders
     if todo:
         with strategy.scope():
-            networks = load_networks(model, ("unet", "vae_decoder", "text_encoder"), FLAGS.weights, seed=FLAGS.seed)
+            networks = load_networks(model, ("unet", "vae_decoder", "text_encoder"), FLAGS.weights)
         sampler = class_images.DistributedSampler(strategy, model, networks, settings)
         encode = Sampler(model, networks, tokenizer).encode
         for job, missing in todo:
@@ -170,17 +173,22 @@ def main(argv):
                 raise UserError(f"{s.path}: {err}") from err
 
     # Stage 4: records, streamed into bounded shards; the manifest last.
-    networks = ("text_encoder", "vae_encoder") if FLAGS.cache_latents else ("text_encoder",)
-    models = load_networks(model, networks, FLAGS.weights, seed=FLAGS.seed)
+    networks = encoding_networks(FLAGS.cache_latents)
+    models = load_networks(model, networks, FLAGS.weights)
     settings = EncodeSettings(
         resolution=model.resolution, cache_latents=FLAGS.cache_latents, random_flip=FLAGS.random_flip,
         min_size=FLAGS.min_size, workers=FLAGS.num_decode_threads)
-    pipeline = RecordPipeline(settings, token_ids, models.text_encoder, models.vae_encoder if FLAGS.cache_latents else None)
+    # Row i of the prompt table is the i-th distinct prompt (token_ids keeps first-seen order).
+    prompts = list(token_ids)
+    pipeline = RecordPipeline(settings, {p: i for i, p in enumerate(prompts)},
+                              models.vae_encoder if FLAGS.cache_latents else None)
     writer.remove_stale_outputs(FLAGS.output_dir)
     total = len(sources["instance"]) + len(sources["class"])
     progress = Progress(total, "records")
     shards = {}
     try:
+        shards["prompts"] = write_prompt_table(FLAGS.output_dir, prompts, token_ids, models.text_encoder.predict_on_batch,
+                                               int(FLAGS.max_shard_mb * 2**20))
         for kind_name in ("instance", "class"):
             shards[kind_name] = pipeline.write(FLAGS.output_dir, kind_name, sources[kind_name],
                                                int(FLAGS.max_shard_mb * 2**20), progress)
@@ -206,7 +214,11 @@ def main(argv):
         num_class=len(sources["class"]),
         instance_shards=shards["instance"],
         class_shards=shards["class"],
+        prompt_shards=shards["prompts"],
+        num_prompts=len(prompts),
         created_by=f"dbdist {dbdist.__version__} make_tfrecords",
+        weights=FLAGS.weights,
+        encoder_fingerprints=fingerprints_of(models, networks),
     )
     write_manifest(FLAGS.output_dir, manifest)  # last: its presence marks the directory complete
     logging.info("wrote %d instance and %d class %s records (%d concept(s)) to %s", manifest.num_instance,

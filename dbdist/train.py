@@ -42,6 +42,7 @@ from dbdist.training.schedules import SCHEDULES
 from dbdist.training.step import TrainState
 from dbdist.training.strategy import is_chief, make_strategy
 from dbdist.training.summaries import Summaries
+from dbdist.weights.fingerprint import check_same_encoders, load_fingerprints
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 from dbdist.weights.pretrained import load_networks
 
@@ -74,13 +75,14 @@ flags.DEFINE_bool(
     "(pixel records only: cached latents are of the centre crop).")
 
 
-def _run_config(model):
+def _run_config(model, manifest):
     mixed_precision = FLAGS.mixed_precision
     if FLAGS.strategy == "tpu" and not FLAGS["mixed_precision"].present:
         mixed_precision = "bf16"  # TPUs compute in bf16 natively
     return RunConfig(
         model=model,
-        data=DataConfig(data_dir=FLAGS.data_dir, random_flip=FLAGS.random_flip, center_crop=FLAGS.center_crop),
+        data=DataConfig(data_dir=FLAGS.data_dir, random_flip=FLAGS.random_flip, center_crop=FLAGS.center_crop,
+                        encoder_fingerprints=manifest.fingerprints),
         optim=OptimConfig(
             learning_rate=FLAGS.learning_rate,
             weight_decay=FLAGS.weight_decay,
@@ -128,13 +130,12 @@ def _build_state(config, strategy, need_vae_encoder=True):
     total_steps = train.max_train_steps
     with strategy.scope():
         # Weights come from (1) the latest checkpoint, restored later over these, else
-        # (2) --unet_weights / --weights / keras-cv's published files, else (3) the
-        # random initialisation drawn from --seed (tiny only).
+        # (2) --unet_weights / --weights / keras-cv's published files, else (3) tiny's
+        # fixed random initialisation (not --seed: see weights/pretrained.py).
         models = load_networks(
             config.model,
             networks,
             weights_dir=config.runtime.weights,
-            seed=train.seed,
             files={"unet": FLAGS.unet_weights} if FLAGS.unet_weights else None,
         )
         if need_vae_encoder:
@@ -170,7 +171,7 @@ def _validation_sampler(config, state):
     from dbdist.sampling import Sampler
     from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 
-    extra = load_networks(config.model, ("vae_decoder", "text_encoder"), config.runtime.weights, seed=config.train.seed)
+    extra = load_networks(config.model, ("vae_decoder", "text_encoder"), config.runtime.weights)
     extra.unet = state.unet
     if state.text_encoder is not None:
         extra.text_encoder = state.text_encoder
@@ -210,7 +211,7 @@ def main(argv):
         manifest, preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape,
         data_dir=FLAGS.data_dir,
     )
-    config = _run_config(model)
+    config = _run_config(model, manifest)
     train = config.train
     _set_precision(config.runtime.mixed_precision)
 
@@ -218,6 +219,14 @@ def main(argv):
     strategy = make_strategy(config.runtime.strategy, common_flags.NUM_CPU_DEVICES.value, common_flags.TPU.value)
     chief = is_chief(strategy)
     train_input.per_replica_batch_size(train.global_batch_size, strategy.num_replicas_in_sync)
+    # The stored embeddings (and cached latents) must come from this run's text encoder (and VAE):
+    # generate encodes prompts and decodes latents with the run's weights. (Checked after the
+    # strategy: building a network starts TensorFlow, after which logical devices are fixed.)
+    check_same_encoders(
+        manifest.fingerprints,
+        load_fingerprints(model, manifest.fingerprints, config.runtime.weights),
+        data_dir=FLAGS.data_dir, recorded_weights=manifest.weights, current_weights=config.runtime.weights,
+    )
 
     # Stage 3: models and optimizers. Stage 4: restore (resume first, see _build_state).
     state = _build_state(config, strategy, need_vae_encoder=manifest.record_format != "latents")

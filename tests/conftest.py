@@ -49,7 +49,7 @@ def records_dir(tmp_path_factory, sample_images, vocab_path):
         class_prompt="a photo of ball",
         output_dir=out,
         vocab_path=vocab_path,
-        max_shard_mb=0.025,  # 1-2 records a shard: several shards per kind, as large sets have
+        max_shard_mb=0.005,  # 1-2 records a shard: several shards per kind, as large sets have
     )
     return out
 

@@ -8,16 +8,21 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import app
 from commands import run_command
 from distributed_runs import REPO
 from PIL import Image
 
+from dbdist import generate
 from dbdist.config import model_config
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
-from dbdist.data.reader import CorruptShardError, read_all_examples
+from dbdist.data.reader import CorruptShardError, make_train_dataset, read_all_examples, read_prompt_table
 from dbdist.models import build_models
+from dbdist.sampling import Sampler
+from dbdist.weights.pretrained import RANDOM_INIT_SEED
+from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 
 GENERATED = re.compile(r"class-\d{5}-[0-9a-f]{10}\.png")
@@ -26,6 +31,12 @@ CLASS_FLAGS = dict(class_num_steps=2, class_batch_size=2)
 
 def _pixels(path):
     return np.asarray(Image.open(path), int)
+
+
+def _save_networks(models, folder):
+    for name in ("unet", "text_encoder", "vae_encoder", "vae_decoder"):
+        if getattr(models, name) is not None:
+            save_keras_cv_h5(getattr(models, name), folder / f"{name}.h5")
 
 
 def _generated(folder):
@@ -72,6 +83,29 @@ def test_concepts_captions_and_drawn_class_images(two_concepts, concept_records)
     assert not np.array_equal(inst["embedding"][0], inst["embedding"][1])  # the caption was encoded
     cls = read_all_examples(concept_records, m, "class")
     assert cls["concept"].tolist() == [0] * 6 + [1] * 3
+
+
+def test_records_store_each_prompt_once_and_batches_join_it_back(concept_records, tokenizer):
+    m = read_manifest(concept_records)
+    prompts = ["a photo of sks ball", "a photo of sks ball in the snow", "a photo of zzx toy", "a photo of ball",
+               "a photo of toy"]
+    table = read_prompt_table(concept_records, m)
+    assert sorted(table.prompts) == sorted(prompts) and m.num_prompts == 5  # 14 examples, 5 distinct prompts
+    for name in m.instance_shards + m.class_shards:
+        for record in tf.data.TFRecordDataset(str(concept_records / name)):
+            stored = set(tf.train.Example.FromString(record.numpy()).features.feature)
+            assert not stored & {features.EMBEDDING, features.TOKEN_IDS, features.PROMPT}, name
+    # Batches carry each example's own prompt's token ids and that prompt's text-encoder output.
+    encoder = build_models(model_config("tiny"), ("text_encoder",), seed=RANDOM_INIT_SEED).text_encoder
+    expected = {tuple(tokenizer.tokenize(p)): encoder.predict_on_batch(tokenizer.tokenize(p)[None])[0] for p in prompts}
+    seen = set()
+    for batch in make_train_dataset(concept_records, m, per_replica_batch=5, seed=0).take(3):
+        for kind in ("instance", "class"):
+            for ids, embedding in zip(batch[f"{kind}_token_ids"].numpy(), batch[f"{kind}_embedding"].numpy()):
+                seen.add(tuple(ids))
+                # The same network on the same tokens, batched differently: equal up to float32 rounding.
+                np.testing.assert_allclose(embedding, expected[tuple(ids)], atol=1e-5)
+    assert len(seen) == 5  # captions included
 
 
 def test_class_generation_is_resumable_and_draws_only_what_is_missing(two_concepts, concept_records, vocab_path):
@@ -145,15 +179,58 @@ def test_cached_latents_hold_the_posterior_of_the_crop_and_its_flip(sample_image
         np.testing.assert_allclose(got[logvar_key], logvar, atol=1e-5)
     assert not np.allclose(got[features.LATENT_MEAN], got[features.LATENT_MEAN_FLIPPED])
 
-    # Training from cached latents never builds the VAE encoder: a weights folder without one works.
+    # Training from cached latents runs no VAE encoder (it is only loaded once, to check it made the latents).
     weights = tmp_path / "weights"
-    save_keras_cv_h5(build_models(model_config("tiny"), ("unet",), seed=0).unet, weights / "unet.h5")
+    _save_networks(build_models(model_config("tiny"), ("unet", "text_encoder", "vae_encoder"), seed=0), weights)
     run = tmp_path / "run"
     run_command("train", data_dir=out, output_dir=run, model="tiny", weights=weights, max_train_steps=2,
                 global_batch_size=2, learning_rate=1e-3, random_flip=True, log_every=1)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert all(np.isfinite(json.loads(line)["loss"]) for line in lines)
+
+
+class _CapturingUnet:
+    """Stands in for the UNet: keeps the latents it is given and predicts zeros."""
+
+    def __call__(self, inputs, training):
+        self.latents = np.asarray(inputs[0])
+        return np.zeros_like(self.latents)
+
+
+class _NoNoise:
+    """A schedule that adds no diffusion noise, so the UNet sees the sampled latents as they are."""
+
+    def add_noise(self, x0, noise, timesteps):
+        return x0
+
+    def training_target(self, x0, noise, timesteps):
+        return x0
+
+
+def test_cached_latents_draw_a_fresh_latent_every_step(latents_dir):
+    # The records hold the posterior (mean, logvar), equal to the encoder's (test above). Two steps
+    # that read the same cached records must each sample mean + std * eps with their own eps:
+    # neither train on the mean nor reuse one draw.
+    m = read_manifest(latents_dir)
+    (batch,) = make_train_dataset(latents_dir, m, per_replica_batch=3, seed=0).take(1)
+    means = np.concatenate([batch[features.INSTANCE_LATENT_MEAN], batch[features.CLASS_LATENT_MEAN]])
+    logvars = np.concatenate([batch[features.INSTANCE_LATENT_LOGVAR], batch[features.CLASS_LATENT_LOGVAR]])
+    settings = LossSettings(global_batch_size=3, prior_loss_weight=1.0, scaling_factor=0.18215,
+                            time_embedding_dim=32, seed=0, latent_shape=m.latent_shape)
+    sampled = []
+    for step in (0, 1):
+        unet = _CapturingUnet()
+        randomness = draw_randomness(batch, step, settings)
+        dreambooth_loss(unet, None, _NoNoise(), batch, randomness, settings)
+        expected = (means + np.exp(0.5 * logvars) * np.asarray(randomness["vae_noise"])) * 0.18215
+        # float32 arithmetic on values of order 1: equal to rounding.
+        np.testing.assert_allclose(unet.latents, expected, atol=1e-5)
+        sampled.append(unet.latents)
+    # The tiny VAE's std is near 1, so draws lie ~0.18 apart at SD's scale, far above rounding.
+    for latents in sampled:
+        assert np.all(np.abs(latents - means * 0.18215).max(axis=(1, 2, 3)) > 0.05)  # not the mean
+    assert np.all(np.abs(sampled[0] - sampled[1]).max(axis=(1, 2, 3)) > 0.05)  # a fresh draw each step
 
 
 def test_every_image_mode_makes_valid_records(tmp_path, vocab_path):
@@ -244,3 +321,71 @@ def test_train_refuses_a_corrupted_shard_by_name(records_dir, tmp_path):
     with pytest.raises(CorruptShardError, match=rf"{victim}: corrupted, truncated"):
         run_command("train", data_dir=data, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)
     assert not (tmp_path / "run" / "export").exists()
+
+
+# --- which networks made the records (defect 6) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """A --weights folder of tiny networks other than tiny's default ones (drawn from seed 42)."""
+    folder = tmp_path_factory.mktemp("other_weights")
+    _save_networks(build_models(model_config("tiny"), seed=42), folder)
+    return folder
+
+
+def test_records_train_and_generate_with_other_seeds_share_one_text_encoder(
+        sample_images, vocab_path, tmp_path, monkeypatch):
+    # --seed orders data and draws noise; it must not pick tiny's networks, or the text encoder that
+    # samples (generate) is not the one that made the embeddings the UNet was trained on.
+    records = tmp_path / "records"
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                output_dir=records, vocab_path=vocab_path, seed=1)
+    stored = read_all_examples(records, read_manifest(records), "instance")["embedding"][0]
+    run_command("train", data_dir=records, output_dir=tmp_path / "run", model="tiny", max_train_steps=1, seed=2)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"]["encoder_fingerprints"] == read_manifest(records).fingerprints
+    used = {}
+
+    def spy(model, networks, tokenizer, **kwargs):
+        used["text_encoder"], used["tokenizer"] = networks.text_encoder, tokenizer
+        return Sampler(model, networks, tokenizer, **kwargs)
+
+    monkeypatch.setattr(generate, "Sampler", spy)
+    run_command("generate", run_dir=tmp_path / "run", prompt="a photo of sks ball", num_images=1, num_steps=1,
+                seed=3, output_dir=tmp_path / "samples", vocab_path=vocab_path)
+    tokens = used["tokenizer"].tokenize("a photo of sks ball")[None]
+    # The same network on the same tokens: equal up to float32 rounding of a batch of one.
+    np.testing.assert_allclose(used["text_encoder"].predict_on_batch(tokens)[0], stored, atol=1e-6)
+
+
+def test_train_refuses_records_made_with_other_weights(sample_images, vocab_path, tmp_path, other_weights):
+    records = tmp_path / "records"
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                output_dir=records, vocab_path=vocab_path, weights=other_weights)
+    m = read_manifest(records)
+    assert m.weights == str(other_weights) and set(m.fingerprints) == {"text_encoder"}
+    with pytest.raises(ValueError, match=rf"{records} was encoded by a text_encoder with weights sha256:\w+\.\.\. "
+                                         rf"\(--weights={other_weights}\), but this run's text_encoder is "
+                                         r"sha256:\w+\.\.\. \(the preset's default weights\)"):
+        run_command("train", data_dir=records, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_train_refuses_cached_latents_of_another_vae(latents_dir, tmp_path, other_weights):
+    # Same text encoder (tiny's default), another VAE: the cached latents belong to another latent space.
+    weights = tmp_path / "weights"
+    _save_networks(build_models(model_config("tiny"), ("unet", "text_encoder"), seed=0), weights)
+    shutil.copy(other_weights / "vae_encoder.h5", weights / "vae_encoder.h5")
+    with pytest.raises(ValueError, match=r"encoded by a vae_encoder with weights sha256:\w+\.\.\. \(the preset's "
+                                         rf"default weights\), but this run's vae_encoder is sha256:\w+\.\.\. "
+                                         rf"\(--weights={weights}\)"):
+        run_command("train", data_dir=latents_dir, output_dir=tmp_path / "run", model="tiny", weights=weights,
+                    max_train_steps=1)
+
+
+def test_generate_refuses_a_text_encoder_other_than_the_records(records_dir, vocab_path, tmp_path, other_weights):
+    run_command("train", data_dir=records_dir, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)
+    with pytest.raises(ValueError, match=rf"records of --run_dir {tmp_path / 'run'} was encoded by a text_encoder "
+                                         rf".*but this run's text_encoder is .*\(--weights={other_weights}\)"):
+        run_command("generate", run_dir=tmp_path / "run", weights=other_weights, prompt="a photo of sks ball",
+                    num_images=1, num_steps=1, output_dir=tmp_path / "samples", vocab_path=vocab_path)

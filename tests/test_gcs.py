@@ -50,7 +50,7 @@ def records(gcs_emulator, bucket, vocab_path):
     log = _ok(gcs_emulator, "dbdist.make_tfrecords", model="tiny", vocab_path=vocab_path,
               instance_dir=f"gs://{BUCKET}/images/sks", instance_prompt="a photo of sks ball",
               class_dir=f"gs://{BUCKET}/images/ball", class_prompt="a photo of ball", num_class_images=5,
-              class_num_steps=2, class_batch_size=1, output_dir=f"gs://{BUCKET}/records", max_shard_mb=0.025)
+              class_num_steps=2, class_batch_size=1, output_dir=f"gs://{BUCKET}/records", max_shard_mb=0.005)
     return f"gs://{BUCKET}/records", log
 
 

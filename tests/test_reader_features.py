@@ -11,12 +11,17 @@ from dbdist.data import augment, features, manifest as manifest_lib, reader, wri
 RES, EMB, LATENT = 4, (77, 2), (1, 1, 2)
 
 
-def _record(kind, index, concept, *, width=RES, latents=False, flipped=False):
-    """A record whose token_ids[0] = 1000 * kind + index and token_ids[1] = concept."""
+def _prompt_row(prompt_id, kind, index, concept):
+    """The prompt-table row of one record: token_ids[0] = 1000 * kind + index, token_ids[1] = concept."""
     ids = np.zeros(EMB[0], np.int64)
     ids[0], ids[1] = 1000 * kind + index, concept
-    common = dict(prompt=f"p{concept}", token_ids=ids, embedding=np.full(EMB, index, np.float32),
-                  kind=kind, index=index, source=f"{kind}-{index}.png", concept=concept)
+    return features.serialize_prompt(prompt_id=prompt_id, prompt=f"p{concept}", token_ids=ids,
+                                     embedding=np.full(EMB, index, np.float32))
+
+
+def _record(kind, index, concept, *, width=RES, latents=False, flipped=False, prompt_id=0):
+    """A record whose prompt (row `prompt_id`, see _prompt_row) identifies it."""
+    common = dict(prompt_id=prompt_id, kind=kind, index=index, source=f"{kind}-{index}.png", concept=concept)
     if latents:
         mean = np.full(LATENT, index + 1, np.float32)
         return features.serialize_example(**common, latents=(mean, mean - 100),
@@ -28,15 +33,21 @@ def _record(kind, index, concept, *, width=RES, latents=False, flipped=False):
 
 def _data_dir(path, concepts_counts, *, width=RES, latents=False, flipped=False, max_shard_bytes=10**9):
     """concepts_counts: [(num_instance, num_class)] per concept."""
-    shards, concepts = {}, []
+    shards, concepts, rows = {}, [], []
     for kind, name in ((0, "instance"), (1, "class")):
         with writer.ShardWriter(path, name, max_shard_bytes) as out:
             index = 0
             for c, counts in enumerate(concepts_counts):
                 for _ in range(counts[kind]):
-                    out.write(_record(kind, index, c, width=width, latents=latents, flipped=flipped))
+                    out.write(_record(kind, index, c, width=width, latents=latents, flipped=flipped,
+                                      prompt_id=len(rows)))
+                    rows.append(_prompt_row(len(rows), kind, index, c))
                     index += 1
             shards[name] = out.close()
+    with writer.ShardWriter(path, "prompts", max_shard_bytes) as out:
+        for row in rows:
+            out.write(row)
+        shards["prompts"] = out.close()
     for c, (n_inst, n_cls) in enumerate(concepts_counts):
         concepts.append(manifest_lib.ConceptCounts(
             instance_prompt=f"p{c}", class_prompt=f"c{c}" if n_cls else "", instance_dir=f"i{c}",
@@ -46,7 +57,7 @@ def _data_dir(path, concepts_counts, *, width=RES, latents=False, flipped=False,
         record_format="latents" if latents else "pixels", latent_shape=LATENT if latents else (),
         flipped_latents=flipped, concepts=tuple(concepts), num_instance=sum(n for n, _ in concepts_counts),
         num_class=sum(n for _, n in concepts_counts), instance_shards=shards["instance"],
-        class_shards=shards["class"], created_by="test")
+        class_shards=shards["class"], prompt_shards=shards["prompts"], num_prompts=len(rows), created_by="test")
     manifest_lib.write_manifest(path, m)
     return str(path), manifest_lib.read_manifest(path)
 
@@ -147,3 +158,63 @@ def test_corrupt_shard_is_named(tmp_path, damage):
     open(victim, "wb").write(bytes(data))
     with pytest.raises(reader.CorruptShardError, match=rf"{m.class_shards[1]}: corrupted, truncated"):
         reader.make_train_dataset(path, m, per_replica_batch=1, seed=0)
+
+
+def test_one_dataset_serves_a_workers_replicas_in_turn(tmp_path):
+    # Element k of one worker's dataset is local replica k % 2's batch: global positions
+    # [r*B, (r+1)*B), exactly what a dataset per replica gave before it was read once.
+    data = _data_dir(tmp_path, [(3, 2), (2, 3)])
+    aug = augment.Augmentation(random_flip=True)
+    shared = _take(data, 8, augmentation=aug, per_replica_batch=2, global_batch=6, replica_id=1, local_replicas=2)
+    per_replica = [_take(data, 4, augmentation=aug, per_replica_batch=2, global_batch=6, replica_id=r) for r in (1, 2)]
+    for k, batch in enumerate(shared):
+        replica, step = 1 + k % 2, k // 2
+        np.testing.assert_array_equal(batch[features.EXAMPLE_POSITION], [2 * replica, 2 * replica + 1])
+        for key, value in per_replica[replica - 1][step].items():
+            np.testing.assert_array_equal(batch[key], value)
+
+
+# Run in a fresh process: logical CPU devices must be configured before TensorFlow starts.
+_MIRRORED_READS = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+from dbdist.data import features, manifest, reader
+from dbdist.training import input as train_input
+from dbdist.training.strategy import make_strategy
+
+path = sys.argv[1]
+m = manifest.read_manifest(path)
+strategy = make_strategy("mirrored", num_cpu_devices=2)
+reads = []
+read_shard = reader._read_shard
+reader._read_shard = lambda shard, layout: reads.append(shard) or read_shard(shard, layout)
+dataset = train_input.distributed_dataset(strategy, path, m, global_batch=4, seed=3)
+steps = []
+for _, batch in zip(range(3), dataset):
+    steps.append([{key: v.numpy().tolist() for key, v in zip(
+        ("ids", "position"), (ids, position))} for ids, position in zip(
+        strategy.experimental_local_results(batch[features.INSTANCE_TOKEN_IDS]),
+        strategy.experimental_local_results(batch[features.EXAMPLE_POSITION]))])
+print(json.dumps({"reads": reads, "steps": steps}))
+"""
+
+
+def test_mirrored_replicas_share_one_read_of_the_shards(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path, m = _data_dir(tmp_path, [(5, 3)], max_shard_bytes=2 * (len(_record(0, 0, 0)) + 16))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", _MIRRORED_READS, path], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Each shard read once for the worker, not once per replica.
+    shards = [os.path.join(path, name) for name in m.instance_shards + m.class_shards]
+    assert sorted(result["reads"]) == sorted(shards)
+    whole = _take((path, m), 3, per_replica_batch=4)  # the same global batches on one replica
+    for step, replicas in enumerate(result["steps"]):
+        assert [r["position"] for r in replicas] == [[0, 1], [2, 3]]
+        got = np.concatenate([np.asarray(r["ids"]) for r in replicas])
+        np.testing.assert_array_equal(got, whole[step][features.INSTANCE_TOKEN_IDS])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dbdist.data import features, manifest as manifest_lib, reader, writer
+from dbdist.data import features, manifest as manifest_lib, prompt_table, reader, writer
 
 RES = 8
 EMB = (77, 4)
@@ -17,15 +17,21 @@ NUM_INSTANCE, NUM_CLASS = 3, 5
 LAYOUT = features.RecordLayout(RES, EMB)
 
 
-def _example(kind, index, seed=0):
-    """A fake record whose token_ids[0] = 1000 * kind + index identifies it in batches."""
+def _example(kind, index, seed=0, prompt_id=0):
+    """A fake example record (serialize_example's arguments)."""
     rng = np.random.default_rng([seed, kind, index])
+    return dict(image=rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8), prompt_id=prompt_id,
+                kind=kind, index=index, source=f"{features.KIND_NAMES[kind]}-{index}.png")
+
+
+def _prompt(kind, index, seed=0):
+    """The fake prompt-table row of one example, whose token_ids[0] = 1000 * kind + index
+    identifies the example in batches (every fake example has a prompt of its own)."""
+    rng = np.random.default_rng([seed, kind, index, 1])
     ids = rng.integers(0, 49408, EMB[0])
     ids[0] = 1000 * kind + index
-    return dict(image=rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8),
-                prompt=f"a photo of {features.KIND_NAMES[kind]} {index} ünïcode",
-                token_ids=ids, embedding=rng.standard_normal(EMB).astype(np.float32),
-                kind=kind, index=index, source=f"{features.KIND_NAMES[kind]}-{index}.png")
+    return dict(prompt=f"a photo of {features.KIND_NAMES[kind]} {index} ünïcode", token_ids=ids,
+                embedding=rng.standard_normal(EMB).astype(np.float32))
 
 
 def _write(path, name, records, num_shards):
@@ -41,17 +47,20 @@ def _write(path, name, records, num_shards):
 
 def _make_data_dir(path, num_instance=NUM_INSTANCE, num_class=NUM_CLASS, num_shards=2):
     shards = {}
+    rows = [(features.KIND_INSTANCE, i) for i in range(num_instance)] + [(features.KIND_CLASS, i) for i in range(num_class)]
     for kind, count in ((features.KIND_INSTANCE, num_instance), (features.KIND_CLASS, num_class)):
         name = features.KIND_NAMES[kind]
-        records = [features.serialize_example(**_example(kind, i)) for i in range(count)]
+        records = [features.serialize_example(**_example(kind, i, prompt_id=rows.index((kind, i)))) for i in range(count)]
         shards[name] = _write(path, name, records, num_shards)
+    table = [features.serialize_prompt(prompt_id=row, **_prompt(*key)) for row, key in enumerate(rows)]
+    shards["prompts"] = _write(path, "prompts", table, num_shards)
     concept = manifest_lib.ConceptCounts(
         instance_prompt="a photo of sks ball", class_prompt="a photo of a ball" if num_class else "",
         instance_dir="sks", class_dir="ball" if num_class else "", num_instance=num_instance, num_class=num_class)
     m = manifest_lib.Manifest(
         preset="tiny", resolution=RES, embedding_shape=EMB, max_length=EMB[0], concepts=(concept,),
         num_instance=num_instance, num_class=num_class, instance_shards=shards["instance"],
-        class_shards=shards["class"], created_by="dbdist test")
+        class_shards=shards["class"], prompt_shards=shards["prompts"], num_prompts=len(rows), created_by="dbdist test")
     manifest_lib.write_manifest(path, m)
     return str(path), m
 
@@ -69,35 +78,66 @@ def instance_only_dir(tmp_path_factory):
 # --- features ---------------------------------------------------------------------------
 
 def test_round_trip_exact_eager_and_in_tf_data():
-    ex = _example(features.KIND_CLASS, 4)
+    ex = _example(features.KIND_CLASS, 4, prompt_id=17)
     record = features.serialize_example(**ex)
     decoded = features.decode_example(record, LAYOUT)
     np.testing.assert_array_equal(decoded["image"].numpy(), ex["image"])  # PNG is lossless
-    assert decoded["prompt"].numpy().decode() == ex["prompt"]
     assert decoded["source"].numpy().decode() == ex["source"]
     decode = lambda x: features.decode_example(x, LAYOUT)
     for parsed in (decode(record), next(iter(tf.data.Dataset.from_tensors(record).map(decode)))):
         np.testing.assert_array_equal(parsed["image"].numpy(), ex["image"])
-        np.testing.assert_array_equal(parsed["embedding"].numpy(), ex["embedding"])
-        np.testing.assert_array_equal(parsed["token_ids"].numpy(), ex["token_ids"])
-        assert parsed["token_ids"].dtype == tf.int32
-        assert (int(parsed["kind"]), int(parsed["index"]), int(parsed["concept"])) == (1, 4, 0)
+        assert (int(parsed["kind"]), int(parsed["index"]), int(parsed["concept"]), int(parsed["prompt_id"])) == (1, 4, 0, 17)
+    row = _prompt(features.KIND_CLASS, 4)
+    table = features.decode_prompts([features.serialize_prompt(prompt_id=17, **row)] * 2, LAYOUT)
+    assert table["prompt"].numpy()[1].decode() == row["prompt"] and table["prompt_id"].numpy().tolist() == [17, 17]
+    np.testing.assert_array_equal(table["embedding"].numpy()[1], row["embedding"])
+    np.testing.assert_array_equal(table["token_ids"].numpy()[1], row["token_ids"])
+    assert table["token_ids"].dtype == tf.int32
+
+
+def test_prompt_table_stores_each_embedding_once_at_sd_v2_size(tmp_path):
+    # 40 examples of 2 prompts with sd-v2's (77, 1024) embeddings: 2 embeddings on disk, not 40.
+    emb = (77, 1024)
+    prompts = ["a photo of sks dog", "a photo of dog"]
+    token_ids = {p: np.full(emb[0], i + 1) for i, p in enumerate(prompts)}
+    encode = lambda ids: np.repeat(ids[:, :, None], emb[1], axis=2).astype(np.float32)
+    names = prompt_table.write_prompt_table(tmp_path, prompts, token_ids, encode, max_shard_bytes=10**9)
+    table_bytes = os.path.getsize(tmp_path / names[0])
+    assert 2 * 315392 < table_bytes < 2 * 315392 + 1000  # two float32 embeddings and little else
+    examples = [features.serialize_example(**_example(0, i, prompt_id=i % 2)) for i in range(40)]
+    png_bytes = sum(len(features.images.encode_png(_example(0, i)["image"])) for i in range(40))
+    assert (sum(map(len, examples)) - png_bytes) / 40 < 200  # per example: field names and a few integers
+    concept = manifest_lib.ConceptCounts(instance_prompt=prompts[0], class_prompt="", instance_dir="sks",
+                                         class_dir="", num_instance=40, num_class=0)
+    m = manifest_lib.Manifest(
+        preset="sd-v2", resolution=RES, embedding_shape=emb, max_length=emb[0], concepts=(concept,),
+        num_instance=40, num_class=0, instance_shards=("instance-00000.tfrecord",), class_shards=(),
+        prompt_shards=names, num_prompts=2, created_by="dbdist test")
+    table = reader.read_prompt_table(tmp_path, m)
+    assert table.prompts == tuple(prompts)
+    joined = table.join({"prompt_id": np.array([1, 0, 1])})
+    assert joined["prompt"].tolist() == [prompts[1], prompts[0], prompts[1]]
+    np.testing.assert_array_equal(joined["embedding"][:, 0, 0], [2, 1, 2])
+    np.testing.assert_array_equal(joined["token_ids"][:, 5], [2, 1, 2])
 
 
 def test_decode_static_shapes_in_tf_data():
     ds = tf.data.Dataset.from_tensors(features.serialize_example(**_example(0, 0))).map(
         lambda x: features.decode_example(x, LAYOUT))
     spec = ds.element_spec
-    assert spec["embedding"].shape == EMB and spec["token_ids"].shape == (EMB[0],)
-    assert spec["kind"].shape == () and spec["kind"].dtype == tf.int32
+    assert spec["prompt_id"].shape == () and spec["kind"].shape == () and spec["kind"].dtype == tf.int32
+    rows = tf.data.Dataset.from_tensors([features.serialize_prompt(prompt_id=0, **_prompt(0, 0))]).map(
+        lambda x: features.decode_prompts(x, LAYOUT)).element_spec
+    assert rows["embedding"].shape[1:] == EMB and rows["token_ids"].shape[1:] == (EMB[0],)
 
 
 def test_decode_wrong_resolution_or_width_fails():
     record = features.serialize_example(**_example(0, 0))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"shorter side to be 16 px"):
         features.decode_example(record, features.RecordLayout(16, EMB))
+    row = features.serialize_prompt(prompt_id=0, **_prompt(0, 0))
     with pytest.raises(tf.errors.InvalidArgumentError, match="text_embedding: expected 616 float32"):
-        features.decode_example(record, features.RecordLayout(RES, (77, 8)))
+        features.decode_prompts([row], features.RecordLayout(RES, (77, 8)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="latent_(mean|logvar).*is required"):
         features.decode_example(record, features.RecordLayout(RES, EMB, "latents", (1, 1, 4)))
 
@@ -121,15 +161,23 @@ def test_latent_records_round_trip_with_flips():
 @pytest.mark.parametrize("change, message", [
     (dict(image=np.zeros((4, 4, 3), np.float32)), r"image must be uint8 \(H, W, 3\), got float32"),
     (dict(image=np.zeros((4, 4), np.uint8)), r"image must be uint8 \(H, W, 3\), got uint8 \(4, 4\)"),
-    (dict(embedding=np.zeros(EMB, np.float64)), "embedding must be float32.*float64"),
-    (dict(embedding=np.zeros((1,) + EMB, np.float32)), r"embedding must be float32.*\(1, 77, 4\)"),
-    (dict(token_ids=np.zeros(76, np.int64)), r"token_ids .*\(77,\).*\(76,\)"),
     (dict(kind=2), "kind must be 0 .* got 2"),
+    (dict(prompt_id=-1), "prompt_id must be >= 0, got .*-1"),
     (dict(latents=(np.zeros((2, 2, 4), np.float32),) * 2), "either `image`"),
 ])
 def test_serialize_rejects_bad_inputs(change, message):
     with pytest.raises(ValueError, match=message):
         features.serialize_example(**{**_example(0, 0), **change})
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(embedding=np.zeros(EMB, np.float64)), "embedding must be float32.*float64"),
+    (dict(embedding=np.zeros((1,) + EMB, np.float32)), r"embedding must be float32.*\(1, 77, 4\)"),
+    (dict(token_ids=np.zeros(76, np.int64)), r"token_ids .*\(77,\).*\(76,\)"),
+])
+def test_serialize_prompt_rejects_bad_inputs(change, message):
+    with pytest.raises(ValueError, match=message):
+        features.serialize_prompt(prompt_id=0, **{**_prompt(0, 0), **change})
 
 
 # --- writer -----------------------------------------------------------------------------
@@ -204,7 +252,11 @@ def test_manifest_missing(tmp_path):
     (lambda f: "{not json", ValueError, r"manifest.json: invalid JSON"),
     (lambda f: [f.pop("resolution"), f.pop("created_by")], ValueError,
      r"missing fields created_by, resolution"),
-    (lambda f: f.update(format_version=1), ValueError, r"format_version 1 is not supported.*version 2"),
+    (lambda f: f.update(format_version=1), ValueError, r"format_version 1 is not supported.*version 3: remake it with python -m dbdist.make_tfrecords"),
+    # Version 2 stored an embedding with every example; it is refused with how to rebuild.
+    (lambda f: f.update(format_version=2), ValueError, r"format_version 2 is not supported; this dbdist reads "
+     r"version 3: remake it with python -m dbdist.make_tfrecords \(same flags, same --output_dir\)"),
+    (lambda f: f.update(prompt_shards=[]), ValueError, r"needs its prompt table, got num_prompts=1 in shards \(\)"),
     (lambda f: f.update(concepts=[]), ValueError, r"at least one concept"),
     (lambda f: f.update(num_instance=2), ValueError, r"concepts hold 1 instance"),
     (lambda f: f.update(record_format="jpeg"), ValueError, r"record_format must be one of"),
@@ -265,10 +317,11 @@ def test_read_all_examples_ordered_and_exact(data_dir):
     got = reader.read_all_examples(path, m, "class")
     assert got["image"].shape == (NUM_CLASS, RES, RES, 3) and got["image"].dtype == np.uint8
     for i in range(NUM_CLASS):
-        ex = _example(features.KIND_CLASS, i)
+        ex, row = _example(features.KIND_CLASS, i), _prompt(features.KIND_CLASS, i)
         np.testing.assert_array_equal(got["image"][i], ex["image"])
-        np.testing.assert_array_equal(got["embedding"][i], ex["embedding"])
-        assert got["prompt"][i] == ex["prompt"] and got["source"][i] == ex["source"]
+        np.testing.assert_array_equal(got["embedding"][i], row["embedding"])
+        np.testing.assert_array_equal(got["token_ids"][i], row["token_ids"])
+        assert got["prompt"][i] == row["prompt"] and got["source"][i] == ex["source"]
     assert got["index"].tolist() == list(range(NUM_CLASS))
     assert reader.read_all_examples(path, m, features.KIND_INSTANCE)["kind"].tolist() == [0] * NUM_INSTANCE
 
@@ -287,9 +340,10 @@ def test_batch_keys_shapes_and_pairing(data_dir):
     assert all(s.shape.is_fully_defined() for s in spec.values())
     # Pixels and embeddings belong to the record the token ids say they do.
     for row, ident in enumerate(batch[features.CLASS_TOKEN_IDS][:, 0]):
-        ex = _example(features.KIND_CLASS, ident - 1000)
+        ex, prompt = _example(features.KIND_CLASS, ident - 1000), _prompt(features.KIND_CLASS, ident - 1000)
         np.testing.assert_allclose(batch[features.CLASS_PIXELS][row], ex["image"] / 127.5 - 1, atol=1e-6)
-        np.testing.assert_array_equal(batch[features.CLASS_EMBEDDING][row], ex["embedding"])
+        np.testing.assert_array_equal(batch[features.CLASS_EMBEDDING][row], prompt["embedding"])
+        np.testing.assert_array_equal(batch[features.CLASS_TOKEN_IDS][row], prompt["token_ids"])
 
 
 def test_each_epoch_is_a_permutation_and_epochs_differ(data_dir):
@@ -346,7 +400,7 @@ def test_reader_rejects_bad_arguments_and_mismatched_shards(data_dir, tmp_path):
     path, m = data_dir
     with pytest.raises(ValueError, match=r"global_batch \(5\) must be a positive multiple of per_replica_batch \(2\)"):
         reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=5, seed=0)
-    with pytest.raises(ValueError, match=r"replica_id must be in \[0, 2\).*got 2"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\).*got replica_id=2, local_replicas=1"):
         reader.make_train_dataset(path, m, per_replica_batch=2, global_batch=4, replica_id=2, seed=0)
     concepts = (dataclasses.replace(m.concepts[0], num_class=NUM_CLASS + 1),)
     wrong = dataclasses.replace(m, num_class=NUM_CLASS + 1, concepts=concepts)

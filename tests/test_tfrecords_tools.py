@@ -79,8 +79,9 @@ def test_inspect_describes_concepts_kinds_shapes_and_bytes(records_dir):
     assert (instance["records"], cls["records"]) == (3, 4)
     assert instance["prompts"] == {"a photo of sks ball": 3} and cls["prompts"] == {"a photo of ball": 4}
     assert instance["image_shapes"] == {"min_height": 64, "max_height": 64, "min_width": 64, "max_width": 64}
+    assert summary["prompt_table"]["prompts"] == 2  # each distinct prompt's embedding stored once
     sizes = {p.name: p.stat().st_size for p in records_dir.glob("*.tfrecord")}
-    assert {**instance["shard_bytes"], **cls["shard_bytes"]} == sizes
+    assert {**instance["shard_bytes"], **cls["shard_bytes"], **summary["prompt_table"]["shard_bytes"]} == sizes
     assert summary["total_bytes"] == sum(sizes.values())
 
 
@@ -96,8 +97,9 @@ def test_verify_passes_good_directories(records_dir, latents_dir, capsys):
         result = verify.verify(data_dir)
         assert result.ok, result.fault
         assert (result.num_records, result.counts["instance"], result.counts["class"]) == (7, [3], [4])
+        assert result.num_prompts == 2
         run_command("tfrecords_tools.verify", data_dir=data_dir)  # no SystemExit: status 0
-        assert capsys.readouterr().out.startswith(f"OK: 7 records in {result.num_shards} shards of {data_dir}")
+        assert capsys.readouterr().out.startswith(f"OK: 7 records and 2 prompts in {result.num_shards} shards of {data_dir}")
 
 
 def test_verify_warns_of_unlisted_shards_and_temp_files(records_dir, tmp_path):
@@ -147,18 +149,54 @@ def _short_embedding(example):
     values[0] = values[0][:-8]  # two float32 values short
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_without_source, "missing field 'source'"),
-    (_short_embedding, "does not decode: text_embedding: expected 2464 float32 values (77, 32), got 2462"),
+def _nan_embedding(example):
+    values = example.features.feature[features.EMBEDDING].bytes_list.value
+    values[0] = np.float32(np.nan).tobytes() + values[0][4:]
+
+
+def _repeated_prompt_id(example):
+    example.features.feature[features.PROMPT_ID].int64_list.value[0] = 0
+
+
+def _unknown_prompt_id(example):
+    example.features.feature[features.PROMPT_ID].int64_list.value[0] = 2
+
+
+@pytest.mark.parametrize("shard_of, damage, message", [
+    ("example", _without_source, "missing field 'source'"),
+    ("example", _unknown_prompt_id, "prompt_id 2 is outside the prompt table's 0..1"),
+    ("prompts", _short_embedding, "does not decode: text_embedding: expected 2464 float32 values (77, 32), got 2462"),
+    ("prompts", _nan_embedding, "text_embedding holds 1 NaN/Inf values"),
+    ("prompts", _repeated_prompt_id, "prompt_id 0 repeats an earlier row of the prompt table"),
 ])
-def test_verify_names_a_record_that_breaks_the_feature_spec(records_dir, tmp_path, capsys, damage, message):
+def test_verify_names_a_record_that_breaks_the_feature_spec(records_dir, tmp_path, capsys, shard_of, damage, message):
     data_dir = _copy(records_dir, tmp_path)
-    shard = _shard_with_two_records(data_dir)
+    shard = _shard_with_two_records(data_dir) if shard_of == "example" else _last_prompt_shard(data_dir)
     records = _records(shard)
-    example = tf.train.Example.FromString(records[1])
+    damaged = len(records) - 1  # prompt id 1, the last row of the table
+    example = tf.train.Example.FromString(records[damaged])
     damage(example)
-    _write_records(shard, [records[0], example.SerializeToString()] + records[2:])  # a valid TFRecord file
-    assert _verify_fault(data_dir, capsys) == f"FAULT: {shard} record 1: {message}"
+    _write_records(shard, records[:damaged] + [example.SerializeToString()] + records[damaged + 1:])  # valid framing
+    assert _verify_fault(data_dir, capsys) == f"FAULT: {shard} record {damaged}: {message}"
+
+
+def _last_prompt_shard(data_dir):
+    return data_dir / read_manifest(data_dir).prompt_shards[-1]
+
+
+def test_verify_faults_on_a_missing_or_corrupt_prompt_table(records_dir, tmp_path, capsys):
+    data_dir = _copy(records_dir, tmp_path)
+    shard = _last_prompt_shard(data_dir)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the CRC no longer matches
+    shard.write_bytes(bytes(data))
+    assert _verify_fault(data_dir, capsys).startswith(f"FAULT: {shard} record ")
+    with pytest.raises(CorruptShardError, match=str(shard)):
+        read_all_examples(data_dir, read_manifest(data_dir), "instance")
+    shard.unlink()
+    line = _verify_fault(data_dir, capsys)
+    assert line.startswith(f"FAULT: {data_dir}/manifest.json: unusable manifest: ")
+    assert line.endswith(f"lists shards that do not exist in {data_dir}: {shard.name}")
 
 
 def test_verify_names_a_class_record_in_an_instance_shard(records_dir, tmp_path, capsys):
@@ -225,11 +263,11 @@ def test_preview_tiles_centre_crops_with_captions(records_dir, tmp_path, capsys)
 
 def test_preview_decodes_latents_with_the_presets_vae(latents_dir, tmp_path):
     output = tmp_path / "preview.png"
-    run_command("tfrecords_tools.preview", data_dir=latents_dir, output=output, num=2, kind="class", seed=3)
+    run_command("tfrecords_tools.preview", data_dir=latents_dir, output=output, num=2, kind="class")
     grid = _read_png(output)
     assert grid.shape == (128 + preview.CAPTION_HEIGHT, 2 * 128, 3)
     means = read_all_examples(latents_dir, read_manifest(latents_dir), "class")["latent_mean"][:2]
-    decoder = load_networks(model_config("tiny"), ("vae_decoder",), "", seed=3).vae_decoder
+    decoder = load_networks(model_config("tiny"), ("vae_decoder",), "").vae_decoder
     decoded = pixels_to_uint8(decoder(means * model_config("tiny").vae.scaling_factor))
     # Same weights, same batch; 1 level of uint8 slack for float reassociation between the two runs.
     for column in range(2):

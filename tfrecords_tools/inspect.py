@@ -3,7 +3,8 @@
 How to run:
   python -m tfrecords_tools.inspect --data_dir=gs://bucket/records
 What to expect: the manifest (preset, resolution, record format, latent shape,
-whether flipped latents are cached), each concept's prompts and source folders
+whether flipped latents are cached, the weights and fingerprints of the networks
+that encoded the records), the prompt table (prompts, bytes), each concept's prompts and source folders
 with its record counts as found in the shards beside the manifest's, and per
 kind: records, distinct prompts (captions may differ per image), stored image
 sizes (pixel records) or latent statistics (latent records), and bytes per shard.
@@ -24,7 +25,8 @@ from absl import flags
 from dbdist import common_flags, errors
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
-from dbdist.data.reader import read_kind
+from dbdist.data.prompt_table import KIND_NAME as PROMPTS
+from dbdist.data.reader import read_kind, read_prompt_table
 
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
 for _shared_flag in ("data_dir",):
@@ -34,21 +36,24 @@ for _shared_flag in ("data_dir",):
 MAX_PROMPTS = 20
 
 
-def _describe_kind(data_dir, manifest, kind_name):
+def _shard_bytes(data_dir, manifest, kind_name):
+    return {name: int(tf.io.gfile.stat(os.path.join(data_dir, name)).length) for name in manifest.shards(kind_name)}
+
+
+def _describe_kind(data_dir, manifest, kind_name, table):
     """Records, prompts, stored shapes and bytes of one kind, and its records per concept."""
     records, concepts = read_kind(data_dir, manifest, kind_name)
     prompts = collections.Counter()
     heights, widths, means = [], [], []
     for record in records:
         example = features.decode_example(record, manifest.layout)
-        prompts[example["prompt"].numpy().decode("utf-8")] += 1
+        prompts[table.prompts[int(example["prompt_id"])]] += 1
         if "image" in example:
             heights.append(int(example["image"].shape[0]))
             widths.append(int(example["image"].shape[1]))
         else:
             means.append(example["latent_mean"].numpy())
-    shard_bytes = {name: int(tf.io.gfile.stat(os.path.join(data_dir, name)).length)
-                   for name in manifest.shards(kind_name)}
+    shard_bytes = _shard_bytes(data_dir, manifest, kind_name)
     summary = {
         "records": int(records.shape[0]),
         "distinct_prompts": len(prompts),
@@ -79,14 +84,20 @@ def describe(data_dir):
         "latent_shape": list(manifest.latent_shape),
         "flipped_latents": manifest.flipped_latents,
         "created_by": manifest.created_by,
+        "weights": manifest.weights,
+        "encoder_fingerprints": manifest.fingerprints,
         "concepts": [],
         "kinds": {},
-        "total_bytes": 0,
     }
+    table = read_prompt_table(data_dir, manifest)
+    table_bytes = _shard_bytes(data_dir, manifest, PROMPTS)
+    summary["prompt_table"] = {"prompts": len(table), "shard_bytes": table_bytes,
+                               "total_bytes": sum(table_bytes.values())}
+    summary["total_bytes"] = summary["prompt_table"]["total_bytes"]
     found = {}
     for kind_name in features.KIND_NAMES:
         if manifest.num_examples(kind_name):
-            summary["kinds"][kind_name], found[kind_name] = _describe_kind(data_dir, manifest, kind_name)
+            summary["kinds"][kind_name], found[kind_name] = _describe_kind(data_dir, manifest, kind_name, table)
             summary["total_bytes"] += summary["kinds"][kind_name]["total_bytes"]
     for c, concept in enumerate(manifest.concepts):
         entry = {"instance_prompt": concept.instance_prompt, "class_prompt": concept.class_prompt,

@@ -5,8 +5,8 @@ How to run:
 What to expect: up to --num records of --kind (both: instance ones first, then class
 ones, as evenly as there are), in index order, tiled row by row. Pixel records show
 the centre crop (what training sees unless --nocenter_crop); latent records show their
-posterior mean decoded by the manifest preset's VAE decoder (--weights, --seed as
-elsewhere; `tiny` without --weights decodes with random weights, i.e. noise). Tiles
+posterior mean decoded by the VAE decoder of the weights the records were made with
+(--weights overrides; `tiny` decodes with its random weights, i.e. noise). Tiles
 under MIN_TILE px are enlarged (nearest neighbour). Under each tile: its kind and index
 (and concept, when there are several), then its prompt, wrapped and cut to fit.
 The PNG is written atomically.
@@ -24,7 +24,7 @@ from dbdist import common_flags, errors
 from dbdist.config import model_config, with_resolution
 from dbdist.data import features, images
 from dbdist.data.manifest import read_manifest
-from dbdist.data.reader import read_kind
+from dbdist.data.reader import read_kind, read_prompt_table
 from dbdist.diffusion.ddim import pixels_to_uint8
 from dbdist.errors import UserError
 from dbdist.weights.pretrained import load_networks
@@ -104,10 +104,10 @@ def pick_counts(manifest, num, kind):
     return take
 
 
-def _decode_latents(manifest, means, weights, seed):
+def _decode_latents(manifest, means, weights):
     """Posterior means (N, h, w, c) -> uint8 images through the preset's VAE decoder."""
     config = with_resolution(model_config(manifest.preset), manifest.resolution)
-    decoder = load_networks(config, ("vae_decoder",), weights, seed=seed).vae_decoder
+    decoder = load_networks(config, ("vae_decoder",), weights).vae_decoder
     # The decoder takes latents scaled as the UNet sees them (it divides by scaling_factor itself).
     scaled = np.stack(means) * config.vae.scaling_factor
     out = []
@@ -116,11 +116,11 @@ def _decode_latents(manifest, means, weights, seed):
     return out
 
 
-def preview(data_dir, num=16, kind="both", weights="", seed=0):
+def preview(data_dir, num=16, kind="both", weights=None):
     """The captioned grid (uint8 (H, W, 3)) of up to `num` records of `kind`.
 
     Latent records are decoded by the manifest preset's VAE decoder from `weights`
-    (a directory as --weights; empty: the published files, or `tiny`'s random init from `seed`).
+    (a directory as --weights; None: the weights the records were made with, per the manifest).
     """
     data_dir = str(data_dir)
     if num < 1:
@@ -129,6 +129,7 @@ def preview(data_dir, num=16, kind="both", weights="", seed=0):
     take = pick_counts(manifest, num, kind)
     if not take:
         raise UserError(f"{data_dir} has no {kind} records")
+    table = read_prompt_table(data_dir, manifest)
     pictures, titles, prompts = [], [], []
     for kind_name, count in take.items():
         records, _ = read_kind(data_dir, manifest, kind_name)
@@ -140,9 +141,9 @@ def preview(data_dir, num=16, kind="both", weights="", seed=0):
                 pictures.append(example["latent_mean"].numpy())
             concept = f", concept {int(example['concept'])}" if len(manifest.concepts) > 1 else ""
             titles.append(f"{kind_name} {int(example['index'])}{concept}")
-            prompts.append(example["prompt"].numpy().decode("utf-8"))
+            prompts.append(table.prompts[int(example["prompt_id"])])
     if manifest.record_format == features.LATENTS:
-        pictures = _decode_latents(manifest, pictures, weights, seed)
+        pictures = _decode_latents(manifest, pictures, manifest.weights if weights is None else weights)
     tiles = [captioned_tile(p, t, s) for p, t, s in zip(pictures, titles, prompts)]
     return images.make_grid(tiles, columns=math.ceil(math.sqrt(len(tiles))))
 
@@ -151,7 +152,7 @@ def main(argv):
     del argv
     common_flags.require("data_dir", "output")
     grid = preview(common_flags.DATA_DIR.value, FLAGS.num, FLAGS.kind,
-                   weights=common_flags.WEIGHTS.value, seed=common_flags.SEED.value)
+                   weights=common_flags.WEIGHTS.value or None)
     images.save_png(grid, FLAGS.output)  # atomic: a temp file renamed into place
     print(f"wrote {FLAGS.output} ({grid.shape[1]}x{grid.shape[0]} px)")
 

@@ -3,10 +3,12 @@
 How to run:
   python -m tfrecords_tools.verify --data_dir=gs://bucket/records
 What to expect: each shard the manifest lists is read record by record and every
-record fully decoded with `features.decode_example` (the trainer's decoder: PNG or
-latents, embedding and token sizes), then checked against its shard and the
-manifest: kind, concept, index (unique, 0..n-1 per kind), counts per concept and
-kind, token ids within the vocabulary, finite floats. Shards the manifest does not
+record fully decoded with the trainer's decoders: first the prompt table
+(`features.decode_prompts`: prompt ids unique and 0..n-1, utf-8 prompts, token ids
+within the vocabulary, embeddings of the manifest's shape and finite), then the
+examples (`features.decode_example`: PNG or latents), checked against their shard
+and the manifest: kind, concept, index (unique, 0..n-1 per kind), prompt id within
+the table, counts per concept and kind, finite floats. Shards the manifest does not
 list and temporary files are reported as warnings. The first fault is printed as
   FAULT: <shard path> record <i>: <what is wrong>
 and the command exits with status 1; a clean directory prints "OK: ..." and exits 0.
@@ -27,6 +29,7 @@ from dbdist import common_flags, errors
 from dbdist.config import model_config
 from dbdist.data import features, writer
 from dbdist.data.manifest import MANIFEST_NAME, read_manifest
+from dbdist.data.prompt_table import KIND_NAME as PROMPTS
 from dbdist.data.reader import tf_error_text
 
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
@@ -56,7 +59,8 @@ class Verification:
     data_dir: str
     fault: Finding = None
     warnings: list = dataclasses.field(default_factory=list)
-    num_records: int = 0
+    num_records: int = 0   # examples
+    num_prompts: int = 0   # rows of the prompt table
     num_shards: int = 0
     counts: dict = dataclasses.field(default_factory=dict)  # {kind: [records per concept]}
     record_format: str = ""  # e.g. "pixels, 64 px"
@@ -67,7 +71,7 @@ class Verification:
 
     def summary(self):
         kinds = ", ".join(f"{kind} {sum(n)}" for kind, n in self.counts.items() if sum(n))
-        return (f"OK: {self.num_records} records in {self.num_shards} shards of {self.data_dir} "
+        return (f"OK: {self.num_records} records and {self.num_prompts} prompts in {self.num_shards} shards of {self.data_dir} "
                 f"({self.record_format}; {kinds}; {len(self.counts.get('instance', ()))} concept(s)); "
                 f"{len(self.warnings)} warning(s)")
 
@@ -96,6 +100,8 @@ class _RecordChecker:
     def __init__(self, manifest):
         self.manifest, self.layout = manifest, manifest.layout
         self.spec = features.feature_spec(self.layout)
+        self.prompt_spec = features.prompt_feature_spec(self.layout)
+        self.prompt_ids = set()
         try:
             self.vocab_size = model_config(manifest.preset).text_encoder.vocab_size
         except ValueError:
@@ -104,8 +110,37 @@ class _RecordChecker:
         self.counts = {kind: [0] * num_concepts for kind in features.KIND_NAMES}
         self.seen = {kind: {} for kind in features.KIND_NAMES}  # index -> (path, record)
 
+    def check_prompt(self, serialized):
+        """None, or what is wrong with one record of the prompt table."""
+        problem = _check_fields(serialized, self.prompt_spec)
+        if problem:
+            return problem
+        try:
+            row = {k: v.numpy()[0] for k, v in features.decode_prompts([serialized], self.layout).items()}
+        except tf.errors.OpError as err:
+            return f"does not decode: {tf_error_text(err)}"
+        prompt_id, total = int(row["prompt_id"]), self.manifest.num_prompts
+        if not 0 <= prompt_id < total:
+            return f"prompt_id {prompt_id} is outside 0..{total - 1} (the manifest's num_prompts={total})"
+        if prompt_id in self.prompt_ids:
+            return f"prompt_id {prompt_id} repeats an earlier row of the prompt table"
+        self.prompt_ids.add(prompt_id)
+        try:
+            row["prompt"].decode("utf-8")
+        except UnicodeDecodeError as err:
+            return f"prompt is not utf-8 ({err})"
+        ids = row["token_ids"]
+        if ids.min() < 0 or (self.vocab_size and ids.max() >= self.vocab_size):
+            return (f"token_ids must lie in 0..{(self.vocab_size or 0) - 1} (preset {self.manifest.preset}), "
+                    f"got {ids.min()}..{ids.max()}")
+        if not np.all(np.isfinite(row["embedding"])):
+            return f"text_embedding holds {np.sum(~np.isfinite(row['embedding']))} NaN/Inf values"
+        return None
+
     def check(self, serialized, kind_name, path, position):
         """None, or what is wrong with one record of a `kind_name` shard."""
+        if kind_name == PROMPTS:
+            return self.check_prompt(serialized)
         problem = _check_fields(serialized, self.spec)
         if problem:
             return problem
@@ -127,6 +162,9 @@ class _RecordChecker:
         if index in self.seen[kind_name]:
             other_path, other = self.seen[kind_name][index]
             return f"{kind_name} index {index} repeats {other_path} record {other}"
+        prompt_id = int(example["prompt_id"])
+        if not 0 <= prompt_id < self.manifest.num_prompts:
+            return f"prompt_id {prompt_id} is outside the prompt table's 0..{self.manifest.num_prompts - 1}"
         self.seen[kind_name][index] = (path, position)
         self.counts[kind_name][concept] += 1
         expected = getattr(concepts[concept], f"num_{kind_name}")
@@ -136,14 +174,6 @@ class _RecordChecker:
         return self._check_values(example)
 
     def _check_values(self, example):
-        try:
-            example["prompt"].decode("utf-8")
-        except UnicodeDecodeError as err:
-            return f"prompt is not utf-8 ({err})"
-        ids = example["token_ids"]
-        if ids.min() < 0 or (self.vocab_size and ids.max() >= self.vocab_size):
-            return (f"token_ids must lie in 0..{(self.vocab_size or 0) - 1} (preset {self.manifest.preset}), "
-                    f"got {ids.min()}..{ids.max()}")
         for key, value in example.items():
             if getattr(value, "dtype", None) == np.float32 and not np.all(np.isfinite(value)):
                 return f"{key} holds {np.sum(~np.isfinite(value))} NaN/Inf values"
@@ -155,7 +185,12 @@ class _RecordChecker:
         return None
 
     def finish(self, manifest_path):
-        """A fault if a kind or concept has fewer records than the manifest counts."""
+        """A fault if the prompt table, a kind or a concept has fewer records than the manifest counts."""
+        if len(self.prompt_ids) < self.manifest.num_prompts:
+            missing = sorted(set(range(self.manifest.num_prompts)) - self.prompt_ids)
+            return Finding(manifest_path, f"counts {self.manifest.num_prompts} prompts; the prompt table holds "
+                           f"{len(self.prompt_ids)} (missing prompt ids {missing[:10]}"
+                           f"{'...' if len(missing) > 10 else ''})")
         for kind_name in features.KIND_NAMES:
             for c, concept in enumerate(self.manifest.concepts):
                 expected = getattr(concept, f"num_{kind_name}")
@@ -185,7 +220,7 @@ def _verify_shard(path, kind_name, checker):
 
 def _stray_files(data_dir, manifest):
     """Warnings for shards the manifest does not list and for temporary files."""
-    listed = {name for kind in features.KIND_NAMES for name in manifest.shards(kind)}
+    listed = {name for kind in (PROMPTS,) + features.KIND_NAMES for name in manifest.shards(kind)}
     found = []
     for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(data_dir)):
         path = os.path.join(data_dir, name)
@@ -211,10 +246,13 @@ def verify(data_dir):
     result.warnings = _stray_files(data_dir, manifest)
     checker = _RecordChecker(manifest)
     result.counts = checker.counts
-    for kind_name in features.KIND_NAMES:
+    for kind_name in (PROMPTS,) + features.KIND_NAMES:  # the table first: examples point into it
         for name in manifest.shards(kind_name):
             count, fault = _verify_shard(os.path.join(data_dir, name), kind_name, checker)
-            result.num_records += count
+            if kind_name == PROMPTS:
+                result.num_prompts += count
+            else:
+                result.num_records += count
             if fault:
                 result.fault = fault
                 return result

@@ -1,14 +1,17 @@
 """The one TFRecord feature spec: imported by the writer, the reader and tfrecords_tools/.
 
-One record is one training example: its prompt, token ids and cached text
-embedding, which stream (instance or class) and which concept it belongs to, and
-either
+One record is one training example: the id of its prompt, which stream (instance or
+class) and which concept it belongs to, and either
   - pixels: the image as a lossless PNG whose shorter side is the resolution (the
     longer side is kept, up to 2x, so training can crop it at random), or
   - latents: the VAE posterior of the centre crop, mean and log-variance (not one
     sample, so training still samples a new latent every step), and, when made with
     --random_flip, the posterior of the mirrored crop as well.
 `RecordLayout` (from the manifest) says which, and with which shapes.
+
+Each distinct prompt's text, token ids and cached text embedding are stored once, as a
+record of the prompt table (`prompts-*.tfrecord`, dbdist/data/prompt_table.py), not
+with every example: an sd-v2 embedding alone is 308 KiB.
 """
 
 import dataclasses
@@ -24,13 +27,15 @@ LATENT_MEAN = "latent_mean"  # raw little-endian float32 bytes of a latent_shape
 LATENT_LOGVAR = "latent_logvar"
 LATENT_MEAN_FLIPPED = "latent_mean_flipped"  # the same for the horizontally flipped crop
 LATENT_LOGVAR_FLIPPED = "latent_logvar_flipped"
-PROMPT = "prompt"            # utf-8 bytes
-TOKEN_IDS = "token_ids"      # int64 list of length max_length
-EMBEDDING = "text_embedding"  # raw little-endian float32 bytes of a (max_length, width) array
+PROMPT_ID = "prompt_id"      # int64: the example's row of the prompt table
 KIND = "kind"                # int64: KIND_INSTANCE or KIND_CLASS
 CONCEPT = "concept"          # int64: position of the concept in the manifest's list
 INDEX = "index"              # int64, position of the example within its kind (all concepts)
 SOURCE = "source"            # bytes: base name of the source image file
+# Prompt-table record keys (PROMPT_ID too: the row).
+PROMPT = "prompt"            # utf-8 bytes
+TOKEN_IDS = "token_ids"      # int64 list of length max_length
+EMBEDDING = "text_embedding"  # raw little-endian float32 bytes of a (max_length, width) array
 
 KIND_INSTANCE = 0
 KIND_CLASS = 1
@@ -98,16 +103,11 @@ def _float_bytes(array, name, shape=None):
     return _bytes([array.astype("<f4").tobytes()])
 
 
-def serialize_example(*, prompt, token_ids, embedding, kind, index, source, concept=0,
-                      image=None, latents=None, flipped_latents=None):
-    """One serialized tf.train.Example.
+def serialize_prompt(*, prompt_id, prompt, token_ids, embedding):
+    """One serialized prompt-table record: row `prompt_id`'s text, token ids and embedding.
 
-    Give `image` (uint8 (H, W, 3)) for a pixel record, or `latents` = (mean, logvar),
-    float32 (h, w, c) each, and optionally `flipped_latents` likewise, for a latent record.
-    `embedding` is float32 (max_length, width).
+    `embedding` is float32 (max_length, width); `token_ids` integers (max_length,).
     """
-    if (image is None) == (latents is None):
-        raise ValueError("a record holds either `image` (pixels) or `latents` (mean, logvar), not both/neither")
     embedding = np.asarray(embedding)
     if embedding.dtype != np.float32 or embedding.ndim != 2:
         raise ValueError(f"embedding must be float32 (max_length, width), got {embedding.dtype} {embedding.shape}")
@@ -116,14 +116,32 @@ def serialize_example(*, prompt, token_ids, embedding, kind, index, source, conc
             or not np.issubdtype(token_ids.dtype, np.integer):
         raise ValueError(f"token_ids must be integers of shape ({embedding.shape[0]},) to match the "
                          f"embedding, got {token_ids.dtype} {token_ids.shape}")
-    if kind not in (KIND_INSTANCE, KIND_CLASS):
-        raise ValueError(f"kind must be {KIND_INSTANCE} (instance) or {KIND_CLASS} (class), got {kind!r}")
-    if index < 0 or concept < 0:
-        raise ValueError(f"index and concept must be >= 0, got {index}, {concept}")
+    if prompt_id < 0:
+        raise ValueError(f"prompt_id must be >= 0, got {prompt_id}")
     feature = {
+        PROMPT_ID: _ints([prompt_id]),
         PROMPT: _bytes([prompt.encode("utf-8")]),
         TOKEN_IDS: _ints(token_ids),
         EMBEDDING: _float_bytes(embedding, "embedding"),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def serialize_example(*, prompt_id, kind, index, source, concept=0, image=None, latents=None, flipped_latents=None):
+    """One serialized tf.train.Example.
+
+    Give `image` (uint8 (H, W, 3)) for a pixel record, or `latents` = (mean, logvar),
+    float32 (h, w, c) each, and optionally `flipped_latents` likewise, for a latent record.
+    `prompt_id` is the row of the example's prompt in the prompt table.
+    """
+    if (image is None) == (latents is None):
+        raise ValueError("a record holds either `image` (pixels) or `latents` (mean, logvar), not both/neither")
+    if kind not in (KIND_INSTANCE, KIND_CLASS):
+        raise ValueError(f"kind must be {KIND_INSTANCE} (instance) or {KIND_CLASS} (class), got {kind!r}")
+    if index < 0 or concept < 0 or prompt_id < 0:
+        raise ValueError(f"index, concept and prompt_id must be >= 0, got {index}, {concept}, {prompt_id}")
+    feature = {
+        PROMPT_ID: _ints([prompt_id]),
         KIND: _ints([kind]),
         CONCEPT: _ints([concept]),
         INDEX: _ints([index]),
@@ -146,11 +164,9 @@ def serialize_example(*, prompt, token_ids, embedding, kind, index, source, conc
 
 
 def feature_spec(layout: RecordLayout):
-    """The `tf.io.parse_single_example` spec of `layout`; every feature is required."""
+    """The `tf.io.parse_single_example` spec of an example record of `layout`; every feature is required."""
     spec = {
-        PROMPT: tf.io.FixedLenFeature([], tf.string),
-        TOKEN_IDS: tf.io.FixedLenFeature([layout.max_length], tf.int64),
-        EMBEDDING: tf.io.FixedLenFeature([], tf.string),
+        PROMPT_ID: tf.io.FixedLenFeature([], tf.int64),
         KIND: tf.io.FixedLenFeature([], tf.int64),
         CONCEPT: tf.io.FixedLenFeature([], tf.int64),
         INDEX: tf.io.FixedLenFeature([], tf.int64),
@@ -162,6 +178,16 @@ def feature_spec(layout: RecordLayout):
         names = [LATENT_MEAN, LATENT_LOGVAR] + ([LATENT_MEAN_FLIPPED, LATENT_LOGVAR_FLIPPED] if layout.flipped_latents else [])
         spec.update({name: tf.io.FixedLenFeature([], tf.string) for name in names})
     return spec
+
+
+def prompt_feature_spec(layout: RecordLayout):
+    """The parse spec of a prompt-table record of `layout`; every feature is required."""
+    return {
+        PROMPT_ID: tf.io.FixedLenFeature([], tf.int64),
+        PROMPT: tf.io.FixedLenFeature([], tf.string),
+        TOKEN_IDS: tf.io.FixedLenFeature([layout.max_length], tf.int64),
+        EMBEDDING: tf.io.FixedLenFeature([], tf.string),
+    }
 
 
 def to_pixels(image_uint8):
@@ -176,20 +202,36 @@ def _floats(raw, shape, name):
     return tf.reshape(tf.ensure_shape(values, [size]), shape)
 
 
-def decode_example(serialized, layout: RecordLayout):
-    """Every field of one record, as tensors; works eagerly and inside tf.data.map.
+def decode_prompts(serialized, layout: RecordLayout):
+    """Prompt-table records (a 1-D batch of them) as batched tensors: "prompt_id", "prompt",
+    "token_ids" (N, max_length) int32 and "embedding" (N, max_length, width) float32.
+    An embedding of the wrong size fails with the sizes it had and the ones expected."""
+    raw = tf.io.parse_example(serialized, prompt_feature_spec(layout))
+    size = int(np.prod(layout.embedding_shape))
+    values = tf.io.decode_raw(raw[EMBEDDING], tf.float32, little_endian=True)  # fails on unequal sizes
+    tf.debugging.assert_equal(tf.shape(values)[1], size, message=(
+        f"text_embedding: expected {size} float32 values {layout.embedding_shape}"))
+    return {
+        "prompt_id": raw[PROMPT_ID],
+        "prompt": raw[PROMPT],
+        "token_ids": tf.cast(raw[TOKEN_IDS], tf.int32),
+        "embedding": tf.reshape(values, (-1,) + layout.embedding_shape),
+    }
 
-    Returns "prompt", "source", "embedding", "token_ids", "kind", "index", "concept",
-    and "image" (uint8 (H, W, 3), shorter side == resolution) for pixel records or
-    "latent_mean"/"latent_logvar" (+ "_flipped") for latent records. A record of
-    the wrong size fails with the shapes it had and the ones expected.
+
+def decode_example(serialized, layout: RecordLayout):
+    """Every field of one example record, as tensors; works eagerly and inside tf.data.map.
+
+    Returns "prompt_id", "source", "kind", "index", "concept", and "image" (uint8
+    (H, W, 3), shorter side == resolution) for pixel records or "latent_mean"/
+    "latent_logvar" (+ "_flipped") for latent records. A record of the wrong size
+    fails with the shapes it had and the ones expected. The prompt, token ids and
+    embedding are the prompt table's row "prompt_id".
     """
     raw = tf.io.parse_single_example(serialized, feature_spec(layout))
     example = {
-        "prompt": raw[PROMPT],
+        "prompt_id": tf.cast(raw[PROMPT_ID], tf.int32),
         "source": raw[SOURCE],
-        "embedding": _floats(raw[EMBEDDING], layout.embedding_shape, "text_embedding"),
-        "token_ids": tf.cast(raw[TOKEN_IDS], tf.int32),
         "kind": tf.cast(raw[KIND], tf.int32),
         "index": tf.cast(raw[INDEX], tf.int32),
         "concept": tf.cast(raw[CONCEPT], tf.int32),

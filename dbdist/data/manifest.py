@@ -15,7 +15,10 @@ from dbdist.data import features, writer
 from dbdist.errors import MissingInputError, UserError
 
 # 2: concepts, record_format (pixels / cached latents), pixel records keep the aspect ratio.
-FORMAT_VERSION = 2
+# 3: weights and encoder_fingerprints (which networks made the embeddings and latents);
+#    each distinct prompt's token ids and embedding stored once, in the prompt table.
+FORMAT_VERSION = 3
+REBUILD = "remake it with python -m dbdist.make_tfrecords (same flags, same --output_dir)"
 MANIFEST_NAME = writer.MANIFEST_NAME
 
 
@@ -48,11 +51,17 @@ class Manifest:
     num_class: int
     instance_shards: tuple          # shard base names, relative to the data directory
     class_shards: tuple
+    prompt_shards: tuple            # the prompt table (dbdist/data/prompt_table.py)
+    num_prompts: int                # rows of the prompt table: prompt ids 0..num_prompts-1
     created_by: str                 # e.g. "dbdist 0.1.0 make_tfrecords"
+    weights: str = ""               # make_tfrecords' --weights ("" = the preset's default weights)
+    # (network, fingerprint) pairs of the text encoder (and, for cached latents, the VAE encoder)
+    # that encoded the records; see dbdist/weights/fingerprint.py. A JSON object in the file.
+    encoder_fingerprints: tuple = ()
 
     def __post_init__(self):
         # JSON gives lists and dicts; keep the dataclass hashable and comparable with tuples.
-        for name in ("instance_shards", "class_shards"):
+        for name in ("instance_shards", "class_shards", "prompt_shards"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("embedding_shape", "latent_shape"):
             object.__setattr__(self, name, tuple(int(d) for d in getattr(self, name)))
@@ -62,9 +71,17 @@ class Manifest:
             raise ValueError(f"embedding_shape must be (max_length={self.max_length}, width), "
                              f"got {self.embedding_shape}")
         self.layout  # checks record_format, latent_shape, flipped_latents
+        object.__setattr__(self, "encoder_fingerprints", tuple(sorted(dict(self.encoder_fingerprints).items())))
+        bad = {k: v for k, v in self.encoder_fingerprints
+               if k not in ("text_encoder", "vae_encoder") or not str(v).startswith("sha256:")}
+        if bad:
+            raise ValueError(f"encoder_fingerprints must map text_encoder/vae_encoder to 'sha256:...', got {bad}")
         if self.num_instance < 1 or not self.instance_shards:
             raise ValueError(f"a data directory needs instance examples, got num_instance="
                              f"{self.num_instance} in shards {self.instance_shards}")
+        if self.num_prompts < 1 or not self.prompt_shards:
+            raise ValueError(f"a data directory needs its prompt table, got num_prompts={self.num_prompts} "
+                             f"in shards {self.prompt_shards}")
         if (self.num_class > 0) != bool(self.class_shards):
             raise ValueError(f"num_class={self.num_class} does not match class_shards={self.class_shards}")
         if not concepts:
@@ -84,6 +101,11 @@ class Manifest:
                                      self.latent_shape, self.flipped_latents)
 
     @property
+    def fingerprints(self):
+        """{network: fingerprint} of the networks that encoded the records."""
+        return dict(self.encoder_fingerprints)
+
+    @property
     def has_class(self):
         return self.num_class > 0
 
@@ -96,8 +118,8 @@ class Manifest:
         return self.concepts[0].class_prompt
 
     def shards(self, kind_name):
-        """Shard base names of 'instance' or 'class'."""
-        return {"instance": self.instance_shards, "class": self.class_shards}[kind_name]
+        """Shard base names of 'instance', 'class' or 'prompts' (the prompt table)."""
+        return {"instance": self.instance_shards, "class": self.class_shards, "prompts": self.prompt_shards}[kind_name]
 
     def num_examples(self, kind_name):
         return {"instance": self.num_instance, "class": self.num_class}[kind_name]
@@ -105,7 +127,9 @@ class Manifest:
 
 def write_manifest(data_dir, manifest):
     """Writes `<data_dir>/manifest.json` atomically; call it after every shard is in place."""
-    text = json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n"
+    fields = dataclasses.asdict(manifest)
+    fields["encoder_fingerprints"] = manifest.fingerprints
+    text = json.dumps(fields, indent=2, sort_keys=True) + "\n"
     writer.write_bytes_atomically(os.path.join(str(data_dir), MANIFEST_NAME), text.encode("utf-8"))
 
 
@@ -126,7 +150,7 @@ def read_manifest(data_dir):
         raise UserError(f"{path}: expected a JSON object, got {type(fields).__name__}")
     if fields.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: format_version {fields.get('format_version')!r} is not supported; "
-                         f"this dbdist reads version {FORMAT_VERSION} (remake the data directory)")
+                         f"this dbdist reads version {FORMAT_VERSION}: {REBUILD}")
     known = [f.name for f in dataclasses.fields(Manifest)]
     missing = sorted(set(known) - set(fields))
     if missing:
@@ -138,7 +162,7 @@ def read_manifest(data_dir):
         manifest = Manifest(**fields)
     except (TypeError, ValueError) as err:
         raise UserError(f"{path}: {err}") from err
-    absent = [name for name in manifest.instance_shards + manifest.class_shards
+    absent = [name for name in manifest.instance_shards + manifest.class_shards + manifest.prompt_shards
               if not tf.io.gfile.exists(os.path.join(data_dir, name))]
     if absent:
         raise MissingInputError(f"{path} lists shards that do not exist in {data_dir}: {', '.join(absent)}")

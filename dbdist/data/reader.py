@@ -9,7 +9,9 @@ step number, so a global batch is the same whatever the replica split, and
 `start_step` resumes exactly without replaying earlier steps.
 
 Records are held in memory still serialized (PNG or raw latents: about their size on
-disk) and decoded, cropped and flipped per example in parallel as batches are made.
+disk) and decoded, cropped and flipped per example in parallel as batches are made;
+each example's text embedding and token ids are gathered from the prompt table
+(dbdist/data/prompt_table.py), held in memory once.
 """
 
 import os
@@ -20,6 +22,7 @@ import tensorflow as tf
 
 from dbdist.data import augment, features
 from dbdist.errors import UserError
+from dbdist.data.prompt_table import PromptTable
 
 _KEYS = {
     features.KIND_INSTANCE: dict(pixels=features.INSTANCE_PIXELS, mean=features.INSTANCE_LATENT_MEAN,
@@ -32,7 +35,7 @@ _KEYS = {
 
 
 # Scalar fields read up front to order, pair and check records.
-_ID_KEYS = (features.KIND, features.CONCEPT, features.INDEX)
+_ID_KEYS = (features.KIND, features.CONCEPT, features.INDEX, features.PROMPT_ID)
 
 
 class CorruptShardError(ValueError):
@@ -48,6 +51,11 @@ def tf_error_text(err):
     return f"{first}, got {got.group(1)}" if got else first
 
 
+def _corrupt(path, err):
+    return CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({tf_error_text(err)}); "
+                             f"run python -m tfrecords_tools.verify --data_dir={os.path.dirname(path)}")
+
+
 def _read_shard(path, layout):
     """All serialized records of one shard, checked against the spec (not yet decoded)."""
     try:
@@ -59,9 +67,31 @@ def _read_shard(path, layout):
         parsed = tf.io.parse_example(records, features.feature_spec(layout))
         ids = {k: parsed[k].numpy() for k in _ID_KEYS}
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
-        raise CorruptShardError(f"{path}: corrupted, truncated or not a dbdist shard ({tf_error_text(err)}); "
-                                f"run python -m tfrecords_tools.verify --data_dir={os.path.dirname(path)}") from err
+        raise _corrupt(path, err) from err
     return records, ids
+
+
+def read_prompt_table(data_dir, manifest):
+    """The `PromptTable` of `data_dir`, checked: rows 0..num_prompts-1, each once."""
+    rows = []
+    for name in manifest.prompt_shards:
+        path = os.path.join(str(data_dir), name)
+        try:
+            for batch in tf.data.TFRecordDataset(path).batch(256):
+                rows.append({k: v.numpy() for k, v in features.decode_prompts(batch, manifest.layout).items()})
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
+            raise _corrupt(path, err) from err
+    if not rows:
+        raise ValueError(f"{data_dir}: the prompt table {manifest.prompt_shards} is empty; "
+                         f"the manifest expects {manifest.num_prompts} prompts")
+    table = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    ids = table["prompt_id"]
+    if not np.array_equal(np.sort(ids), np.arange(manifest.num_prompts)):
+        raise ValueError(f"{data_dir}: the prompt table holds prompt ids {sorted(ids.tolist())[:20]}...; "
+                         f"the manifest expects 0..{manifest.num_prompts - 1}, each once")
+    order = np.argsort(ids)
+    return PromptTable(tuple(p.decode("utf-8") for p in table["prompt"][order]),
+                       table["token_ids"][order], table["embedding"][order])
 
 
 def read_kind(data_dir, manifest, kind_name):
@@ -86,13 +116,18 @@ def read_kind(data_dir, manifest, kind_name):
     if count and not 0 <= concepts.min() <= concepts.max() < len(manifest.concepts):
         raise ValueError(f"{data_dir}: {kind_name} records name concepts {sorted(set(concepts.tolist()))}; "
                          f"the manifest has {len(manifest.concepts)}")
+    prompt_ids = ids[features.PROMPT_ID]
+    if count and not 0 <= prompt_ids.min() <= prompt_ids.max() < manifest.num_prompts:
+        raise ValueError(f"{data_dir}: {kind_name} records name prompt ids {prompt_ids.min()}..{prompt_ids.max()}; "
+                         f"the prompt table has {manifest.num_prompts}")
     return tf.gather(records, order), concepts
 
 
 def read_all_examples(data_dir, manifest, kind):
     """Every record of `kind` ('instance'/'class' or its KIND_ id) decoded as numpy, ordered by index.
 
-    Keys as `features.decode_example`; "prompt"/"source" are str. Pixel images are
+    Keys as `features.decode_example` plus the prompt table's "prompt", "token_ids" and
+    "embedding" of each; "prompt"/"source" are str. Pixel images are
     stacked when they share a shape, else kept as an object array.
     """
     kind_name = features.KIND_NAMES[int(kind)] if isinstance(kind, (int, np.integer)) else kind
@@ -105,14 +140,14 @@ def read_all_examples(data_dir, manifest, kind):
     example = {}
     for key in decoded[0]:
         values = [d[key].numpy() for d in decoded]
-        if key in ("prompt", "source"):
+        if key == "source":
             example[key] = np.array([v.decode("utf-8") for v in values], dtype=object)
         elif len({np.shape(v) for v in values}) == 1:
             example[key] = np.stack(values)
         else:
             example[key] = np.empty(len(values), dtype=object)
             example[key][:] = values
-    return example
+    return read_prompt_table(data_dir, manifest).join(example)
 
 
 def _stream_indices(positions, num_records, kind_seed):
@@ -140,7 +175,7 @@ def _class_indices(class_positions, concept, class_layout, seed):
     """
     rows, starts, counts = class_layout
     picks = []
-    for i in range(int(class_positions.shape[0])):  # the per-replica batch: static and small
+    for i in range(int(class_positions.shape[0])):  # the worker's slice of the batch: static and small
         q, c = class_positions[i], concept[i]
         n, start = tf.gather(counts, c), tf.gather(starts, c)
         concept_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), c)
@@ -151,22 +186,26 @@ def _class_indices(class_positions, concept, class_layout, seed):
 
 
 def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_batch=None,
-                       replica_id=0, start_step=0, augmentation=augment.Augmentation()):
-    """Infinite dataset of this replica's share of each global batch (flat dict, see module doc).
+                       replica_id=0, local_replicas=1, start_step=0, augmentation=augment.Augmentation()):
+    """Infinite dataset of the per-replica batches of replicas [replica_id, replica_id + local_replicas).
 
+    Element k of the dataset is replica `replica_id + k % local_replicas`'s share of
+    global batch `start_step + k // local_replicas` (the order tf.distribute hands a
+    worker's elements to its replicas). One call serves all replicas of a worker, so
+    the shards are read, and held in memory, once per worker, not once per replica.
     Keys: INSTANCE_PIXELS (pixel records) or INSTANCE_LATENT_MEAN/LOGVAR (latent
     records), INSTANCE_EMBEDDING/TOKEN_IDS, the CLASS_* ones when the manifest has
-    class data, and EXAMPLE_POSITION (this replica's positions within the global batch).
-    Call it once per replica with that replica's `replica_id` (e.g. from an InputContext).
+    class data, and EXAMPLE_POSITION (the example's position within the global batch).
     """
     batch = int(per_replica_batch)
     global_batch = batch if global_batch is None else int(global_batch)
     if batch < 1 or global_batch % batch:
         raise ValueError(f"global_batch ({global_batch}) must be a positive multiple of "
                          f"per_replica_batch ({batch})")
-    if not 0 <= replica_id < global_batch // batch:
-        raise ValueError(f"replica_id must be in [0, {global_batch // batch}) for global_batch "
-                         f"{global_batch} and per_replica_batch {batch}, got {replica_id}")
+    if local_replicas < 1 or not 0 <= replica_id <= global_batch // batch - local_replicas:
+        raise ValueError(f"replicas [replica_id, replica_id + local_replicas) must lie in [0, {global_batch // batch}) "
+                         f"for global_batch {global_batch} and per_replica_batch {batch}, got replica_id={replica_id}, "
+                         f"local_replicas={local_replicas}")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     layout = manifest.layout
@@ -177,6 +216,8 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
         raise UserError(f"{data_dir} holds cached latents of the centre crop; random crops need pixel "
                          "records (make_tfrecords without --cache_latents), or train with --center_crop")
 
+    table = read_prompt_table(data_dir, manifest)
+    embeddings, token_ids = tf.constant(table.embeddings), tf.constant(table.token_ids)
     instance_records, instance_concepts = read_kind(data_dir, manifest, "instance")
     num_instance = int(instance_records.shape[0])
     if manifest.has_class:
@@ -191,14 +232,17 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
         for c in range(len(manifest.concepts)):
             rank[instance_concepts == c] = np.arange(np.sum(instance_concepts == c))
         per_concept = np.bincount(instance_concepts, minlength=len(manifest.concepts)).astype(np.int64)
+    # This worker's slice of every global batch: positions [offset, offset + local_replicas * batch),
+    # replica replica_id + j taking the j-th run of `batch` of them.
     offset = replica_id * batch
-    local = tf.range(batch, dtype=tf.int64)
+    slice_size = local_replicas * batch
+    local = tf.range(slice_size, dtype=tf.int64)
 
     def pick_records(step):
-        """This replica's serialized instance (and paired class) records at `step`."""
+        """This worker's serialized instance (and paired class) records at `step`."""
         positions = step * global_batch + offset + local
         idx = _stream_indices(positions, num_instance, tf.constant([seed, 0], tf.int64))
-        out = {"step": tf.fill([batch], step), "position": offset + local,
+        out = {"step": tf.fill([slice_size], step), "position": offset + local,
                "instance": tf.gather(instance_records, idx)}
         if manifest.has_class:
             concept = tf.gather(instance_concepts, idx)
@@ -218,13 +262,13 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
                 out[keys["pixels"]] = features.to_pixels(image)
             else:
                 out[keys["mean"]], out[keys["logvar"]] = augment.pick_latents(example, augmentation, **where)
-            out[keys["embedding"]] = example["embedding"]
-            out[keys["token_ids"]] = example["token_ids"]
+            out[keys["embedding"]] = tf.gather(embeddings, example["prompt_id"])
+            out[keys["token_ids"]] = tf.gather(token_ids, example["prompt_id"])
         return out
 
     dataset = tf.data.Dataset.counter(start=start_step, dtype=tf.int64).map(pick_records).unbatch()
     dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch, drop_remainder=True)
+    dataset = dataset.batch(batch, drop_remainder=True)  # consecutive runs of `batch`: one replica each
     options = tf.data.Options()
     # Sharding across replicas is done above by replica_id; tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -1,14 +1,13 @@
-"""Image files + prompts -> serialized records -> bounded shards, streaming with flat memory.
+"""Image files + prompt ids -> serialized records -> bounded shards, streaming with flat memory.
 
 Images are read, decoded and resized by a thread pool (PIL releases the GIL while it
-decodes and resamples) one chunk ahead of the main thread, which runs the text
-encoder on the chunk's new prompts and, with cached latents, the VAE encoder;
-PNG encoding and serialization go back to the pool. At most two chunks are alive
+decodes and resamples) one chunk ahead of the main thread, which runs, with cached
+latents, the VAE encoder; PNG encoding and serialization go back to the pool. The
+text embeddings are not here: they are stored once per prompt, in the prompt table. At most two chunks are alive
 at once, and shards are streamed to disk, so memory does not grow with the number
 of images.
 """
 
-import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -37,44 +36,21 @@ class EncodeSettings:
     workers: int = 0              # decode threads; 0: one per CPU
 
 
-class _PromptEmbeddings:
-    """Text embeddings of prompts, computed in batches and kept for recently seen prompts.
-
-    Class images share one prompt and instance images a few, so a small cache
-    answers almost every lookup; per-image captions stay bounded by `capacity`.
-    """
-
-    def __init__(self, text_encoder, token_ids, capacity=256):
-        self.text_encoder, self.token_ids, self.capacity = text_encoder, token_ids, capacity
-        self._cache = collections.OrderedDict()
-
-    def lookup(self, prompts):
-        new = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-        if new:
-            encoded = self.text_encoder.predict_on_batch(np.stack([self.token_ids[p] for p in new]))
-            for prompt, embedding in zip(new, np.asarray(encoded, dtype=np.float32)):
-                self._cache[prompt] = embedding
-        for prompt in prompts:
-            self._cache.move_to_end(prompt)
-        result = [self._cache[p] for p in prompts]
-        while len(self._cache) > max(self.capacity, len(set(prompts))):
-            self._cache.popitem(last=False)
-        return result
-
-
 def _latents(vae_encoder, batch_uint8):
     mean, logvar = vae_encoder.predict_on_batch(batch_uint8.astype(np.float32) / 127.5 - 1.0)
     return np.asarray(mean, np.float32), np.asarray(logvar, np.float32)
 
 
 class RecordPipeline:
-    """Writes the records of `sources` into shards of one kind each; see the module doc."""
+    """Writes the records of `sources` into shards of one kind each; see the module doc.
 
-    def __init__(self, settings: EncodeSettings, token_ids, text_encoder, vae_encoder=None):
+    `prompt_ids` maps each prompt to its row of the prompt table.
+    """
+
+    def __init__(self, settings: EncodeSettings, prompt_ids, vae_encoder=None):
         if settings.cache_latents and vae_encoder is None:
             raise ValueError("cache_latents needs the VAE encoder")
-        self.settings, self.token_ids, self.vae_encoder = settings, token_ids, vae_encoder
-        self.embeddings = _PromptEmbeddings(text_encoder, token_ids)
+        self.settings, self.prompt_ids, self.vae_encoder = settings, prompt_ids, vae_encoder
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers or os.cpu_count() or 1)
 
     def _load(self, source):
@@ -84,7 +60,6 @@ class RecordPipeline:
 
     def _records(self, chunk, pixels, first_index):
         """Serialized records of one chunk (model calls here, PNG encoding in the pool)."""
-        embeddings = self.embeddings.lookup([s.prompt for s in chunk])
         payloads = [dict(image=p) for p in pixels]
         if self.settings.cache_latents:
             batch = np.stack(pixels)
@@ -94,8 +69,7 @@ class RecordPipeline:
                              flipped_latents=(flipped[0][i], flipped[1][i]) if flipped else None)
                         for i in range(len(chunk))]
         serialize = lambda i: features.serialize_example(
-            prompt=chunk[i].prompt, token_ids=self.token_ids[chunk[i].prompt], embedding=embeddings[i],
-            kind=chunk[i].kind, index=first_index + i, source=os.path.basename(chunk[i].path),
+            prompt_id=self.prompt_ids[chunk[i].prompt], kind=chunk[i].kind, index=first_index + i, source=os.path.basename(chunk[i].path),
             concept=chunk[i].concept, **payloads[i])
         return list(self.pool.map(serialize, range(len(chunk))))
 

@@ -21,26 +21,21 @@ def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, sta
     batch = per_replica_batch_size(global_batch, replicas)
 
     def dataset_fn(context: tf.distribute.InputContext):
-        # One input pipeline per worker serves that worker's replicas in turn, so it
-        # interleaves their datasets: element k goes to local replica k % local.
+        # One input pipeline per worker serves that worker's replicas in turn (element k
+        # goes to local replica k % local), so one dataset that reads the shards once
+        # yields each local replica's batch in that order.
         local = replicas // context.num_input_pipelines
-        first = context.input_pipeline_id * local
-        datasets = [
-            make_train_dataset(
-                data_dir,
-                manifest,
-                per_replica_batch=batch,
-                seed=seed,
-                global_batch=global_batch,
-                replica_id=first + j,
-                start_step=start_step,
-                **({"augmentation": augmentation} if augmentation else {}),
-            )
-            for j in range(local)
-        ]
-        if local == 1:
-            return datasets[0].prefetch(2)
-        order = tf.data.Dataset.range(local).repeat()
-        return tf.data.Dataset.choose_from_datasets(datasets, order).prefetch(2 * local)
+        dataset = make_train_dataset(
+            data_dir,
+            manifest,
+            per_replica_batch=batch,
+            seed=seed,
+            global_batch=global_batch,
+            replica_id=context.input_pipeline_id * local,
+            local_replicas=local,
+            start_step=start_step,
+            **({"augmentation": augmentation} if augmentation else {}),
+        )
+        return dataset.prefetch(2 * local)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
