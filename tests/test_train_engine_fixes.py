@@ -200,6 +200,7 @@ def bf16_resumed_run(records_dir, vocab_path, tmp_path_factory):
     return run_dir, spy
 
 
+@pytest.mark.slow  # only in make test-all: a bf16 run resumed mid-loop (over a minute on 2 cores)
 def test_resume_between_loop_boundaries_still_checkpoints_and_validates(bf16_resumed_run):
     # Resumed at step 3 with 2 steps per loop: loops 3-5, 5-6 would step over 4.
     run_dir, spy = bf16_resumed_run
@@ -209,6 +210,7 @@ def test_resume_between_loop_boundaries_still_checkpoints_and_validates(bf16_res
     assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow  # only in make test-all: a bf16 run resumed mid-loop (over a minute on 2 cores)
 def test_bf16_validation_images_and_generate(bf16_resumed_run, vocab_path, tmp_path):
     run_dir, _ = bf16_resumed_run
     grid = np.asarray(Image.open(run_dir / "validation" / "step-000006.png"))
@@ -218,6 +220,7 @@ def test_bf16_validation_images_and_generate(bf16_resumed_run, vocab_path, tmp_p
     assert (tmp_path / "grid.png").exists()
 
 
+@pytest.mark.slow  # only in make test-all: a bf16 run resumed mid-loop (over a minute on 2 cores)
 def test_bf16_computes_in_bfloat16_on_float32_variables(bf16_resumed_run):
     run_dir, spy = bf16_resumed_run
     (state,) = spy.states

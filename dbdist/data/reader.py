@@ -82,12 +82,12 @@ def read_prompt_table(data_dir, manifest):
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as err:
             raise _corrupt(path, err) from err
     if not rows:
-        raise ValueError(f"{data_dir}: the prompt table {manifest.prompt_shards} is empty; "
+        raise UserError(f"{data_dir}: the prompt table {manifest.prompt_shards} is empty; "
                          f"the manifest expects {manifest.num_prompts} prompts")
     table = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     ids = table["prompt_id"]
     if not np.array_equal(np.sort(ids), np.arange(manifest.num_prompts)):
-        raise ValueError(f"{data_dir}: the prompt table holds prompt ids {sorted(ids.tolist())[:20]}...; "
+        raise UserError(f"{data_dir}: the prompt table holds prompt ids {sorted(ids.tolist())[:20]}...; "
                          f"the manifest expects 0..{manifest.num_prompts - 1}, each once")
     order = np.argsort(ids)
     return PromptTable(tuple(p.decode("utf-8") for p in table["prompt"][order]),
@@ -99,26 +99,26 @@ def read_kind(data_dir, manifest, kind_name):
     paths = [os.path.join(str(data_dir), name) for name in manifest.shards(kind_name)]
     expected = manifest.num_examples(kind_name)
     if not paths:
-        raise ValueError(f"{data_dir} has no {kind_name} shards (num_{kind_name}={expected})")
+        raise UserError(f"{data_dir} has no {kind_name} shards (num_{kind_name}={expected})")
     shards = [_read_shard(path, manifest.layout) for path in paths]
     records = tf.concat([r for r, _ in shards], 0)
     ids = {k: np.concatenate([i[k] for _, i in shards]) for k in _ID_KEYS}
     index, count = ids[features.INDEX], len(ids[features.INDEX])
     order = np.argsort(index, kind="stable")
     if count != expected or not np.array_equal(index[order], np.arange(count)):
-        raise ValueError(f"{data_dir}: {kind_name} shards hold {count} records with indices "
+        raise UserError(f"{data_dir}: {kind_name} shards hold {count} records with indices "
                          f"{sorted(index.tolist())[:20]}...; the manifest expects indices 0..{expected - 1}")
     kind_id = features.KIND_NAMES.index(kind_name)
     if not np.all(ids[features.KIND] == kind_id):
-        raise ValueError(f"{data_dir}: {kind_name} shards hold records of another kind "
+        raise UserError(f"{data_dir}: {kind_name} shards hold records of another kind "
                          f"(kind values {sorted(set(ids[features.KIND].tolist()))}, expected {kind_id})")
     concepts = ids[features.CONCEPT][order]
     if count and not 0 <= concepts.min() <= concepts.max() < len(manifest.concepts):
-        raise ValueError(f"{data_dir}: {kind_name} records name concepts {sorted(set(concepts.tolist()))}; "
+        raise UserError(f"{data_dir}: {kind_name} records name concepts {sorted(set(concepts.tolist()))}; "
                          f"the manifest has {len(manifest.concepts)}")
     prompt_ids = ids[features.PROMPT_ID]
     if count and not 0 <= prompt_ids.min() <= prompt_ids.max() < manifest.num_prompts:
-        raise ValueError(f"{data_dir}: {kind_name} records name prompt ids {prompt_ids.min()}..{prompt_ids.max()}; "
+        raise UserError(f"{data_dir}: {kind_name} records name prompt ids {prompt_ids.min()}..{prompt_ids.max()}; "
                          f"the prompt table has {manifest.num_prompts}")
     return tf.gather(records, order), concepts
 
@@ -132,9 +132,9 @@ def read_all_examples(data_dir, manifest, kind):
     """
     kind_name = features.KIND_NAMES[int(kind)] if isinstance(kind, (int, np.integer)) else kind
     if kind_name not in features.KIND_NAMES:
-        raise ValueError(f"kind must be one of {features.KIND_NAMES} or 0/1, got {kind!r}")
+        raise UserError(f"kind must be one of {features.KIND_NAMES} or 0/1, got {kind!r}")
     if manifest.num_examples(kind_name) == 0:
-        raise ValueError(f"{data_dir} has no {kind_name} examples")
+        raise UserError(f"{data_dir} has no {kind_name} examples")
     records, _ = read_kind(data_dir, manifest, kind_name)
     decoded = [features.decode_example(r, manifest.layout) for r in records]
     example = {}

@@ -18,6 +18,7 @@ import hashlib
 
 import numpy as np
 
+from dbdist.errors import MissingInputError, UserError
 from dbdist.weights.pretrained import load_networks
 
 TEXT_ENCODER, VAE_ENCODER = "text_encoder", "vae_encoder"
@@ -51,17 +52,17 @@ def load_fingerprints(config, networks, weights_dir):
     try:
         models = load_networks(config, tuple(networks), weights_dir)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}; it is needed to check that the records were encoded by "
+        raise MissingInputError(f"{err}; it is needed to check that the records were encoded by "
                                 f"the networks of this run's weights") from err
     return fingerprints_of(models, networks)
 
 
 def check_same_encoders(recorded, current, *, data_dir, recorded_weights, current_weights):
-    """Raises ValueError naming both fingerprints if any network in `recorded` differs in `current`."""
+    """Raises UserError naming both fingerprints if any network in `recorded` differs in `current`."""
     describe = lambda weights: f"--weights={weights}" if weights else "the preset's default weights"
     for name, fingerprint in sorted(recorded.items()):
         if current.get(name) != fingerprint:
-            raise ValueError(
+            raise UserError(
                 f"{data_dir} was encoded by a {name} with weights {fingerprint[:19]}... "
                 f"({describe(recorded_weights)}), but this run's {name} is {str(current.get(name))[:19]}... "
                 f"({describe(current_weights)}); its stored outputs would not match the networks that sample "
