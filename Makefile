@@ -13,7 +13,9 @@ STAMP = $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[test]"
+	# editable_mode=compat: a plain .pth entry for the repo; setuptools' default finder for this
+	# flat layout prints an "Editable installation" warning at every install.
+	$(PYTHON) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e ".[test]"
 	touch $(STAMP)
 
 .PHONY: install demo test test-all
