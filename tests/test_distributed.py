@@ -253,7 +253,7 @@ def test_jit_compile_matches_the_uncompiled_step(baseline, records_dir, tmp_path
         output_dir=tmp_path / "run", strategy="one_device", jit_compile=True, **FLAGS,
     )
     compiled = sorted(p.name for p in dump.glob("*before_optimizations.txt"))
-    shutil.rmtree(dump)  # ~40 MB of compiler output
+    shutil.rmtree(dump, ignore_errors=True)  # ~40 MB of compiler output (none without XLA)
     assert compiled, "--jit_compile ran, but XLA compiled nothing"
     difference = max_weight_difference(baseline, tmp_path / "run")
     print(f"\n[jit] --jit_compile vs not: max|dw| = {difference:.3g}")
