@@ -194,7 +194,12 @@ def _overflow_check(tmp_path, tf_config=None, index=0):
 
 
 def _report(process):
-    out, _ = process.communicate(timeout=600)  # a hang (one replica waiting on the other) fails here
+    try:
+        # Only a hang (one replica waiting on the other) takes this long, even on a loaded 2-core machine.
+        out, _ = process.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
     assert process.returncode == 0, out
     return json.loads(out.strip().splitlines()[-1])
 
