@@ -96,13 +96,17 @@ def test_mirrored_on_two_devices_matches_one_device(mirrored_run, baseline):
 
 
 def _assert_bit_identical(run_a, run_b):
-    for a, b in zip(exported_arrays(run_a), exported_arrays(run_b)):
+    arrays_a, arrays_b = exported_arrays(run_a), exported_arrays(run_b)
+    assert len(arrays_a) == len(arrays_b) > 0
+    for a, b in zip(arrays_a, arrays_b):
         assert a.tobytes() == b.tobytes()
 
 
 def _assert_same_records(run_a, run_b):
     """metrics.jsonl equal to the bit (loss terms, grad_norm, learning_rate), but for the measured speed."""
-    assert metrics(run_b) == [{**r, "images_per_sec": m["images_per_sec"]} for r, m in zip(metrics(run_a), metrics(run_b))]
+    records_a, records_b = metrics(run_a), metrics(run_b)
+    assert len(records_a) == len(records_b) == STEPS
+    assert records_b == [{**a, "images_per_sec": b["images_per_sec"]} for a, b in zip(records_a, records_b)]
 
 
 def _stopped_after(run_dir, step, out):
