@@ -14,12 +14,14 @@ printed (`pytest -s`) and quoted in the issue's closing note.
 
 These build real-size models (up to 865M parameters, ~3.5 GB each in fp32)
 on the CPU, so they take minutes; spatial sizes are kept small (64 px). Each
-network pair is built once (a module fixture, one network at a time so memory
-holds one pair) and shared by the two directions' tests.
+network pair is built once, in a process of its own, and checked in both directions.
 """
 
 import dataclasses
-import gc
+import os
+import pathlib
+import subprocess
+import sys
 from typing import Callable
 
 import h5py
@@ -137,37 +139,53 @@ NETWORKS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(NETWORKS), ids=lambda name: name.replace(" ", "-"))
-def pair(request):
-    """Built once per network; pytest runs both tests of one network before building the next."""
-    gc.collect()  # the previous network's pair, once pytest has let go of it
-    built = NETWORKS[request.param]()
-    yield built
-    del built
-    gc.collect()
-
-
 def _max_diff(pair):
     expected, got = pair.run_reference(), pair.run_ours()
     return float(np.abs(expected - got).max()), expected
 
 
-def test_keras_cv_weights_load_into_ours(pair, tmp_path):
-    ref_file = tmp_path / "keras-cv.h5"
+def keras_cv_weights_load_into_ours(pair, folder):
+    ref_file = folder / "keras-cv.h5"
     _save_reference(pair.reference, ref_file)
     load_keras_cv_h5(pair.ours, ref_file)
     ref_file.unlink()
     diff, expected = _max_diff(pair)
-    print(f"\n[equivalence] {pair.name}: keras-cv -> dbdist max|diff| = {diff:.3g} (max|ref| = {np.abs(expected).max():.3g})")
+    print(f"[equivalence] {pair.name}: keras-cv -> dbdist max|diff| = {diff:.3g} (max|ref| = {np.abs(expected).max():.3g})")
     assert diff <= _tolerance(expected), f"{pair.name}: max|diff| {diff} over tolerance {_tolerance(expected)}"
 
 
-def test_our_export_loads_into_keras_cv(pair, tmp_path):
+def our_export_loads_into_keras_cv(pair, folder):
     _perturb(pair.ours)  # weights keras-cv's network does not already hold
-    ours_file = tmp_path / "dbdist.h5"
+    ours_file = folder / "dbdist.h5"
     save_keras_cv_h5(pair.ours, ours_file)
     pair.reference.load_weights(str(ours_file))  # keras-cv's own loader, by layer order
     ours_file.unlink()
     diff, expected = _max_diff(pair)
-    print(f"\n[equivalence] {pair.name}: dbdist export -> keras-cv max|diff| = {diff:.3g}")
+    print(f"[equivalence] {pair.name}: dbdist export -> keras-cv max|diff| = {diff:.3g}")
     assert diff <= _tolerance(expected), f"{pair.name}: export max|diff| {diff} over tolerance"
+
+
+def check_both_ways(name, folder):
+    """Builds one network pair and checks it in both directions (run in its own process)."""
+    pair = NETWORKS[name]()
+    keras_cv_weights_load_into_ours(pair, folder)
+    our_export_loads_into_keras_cv(pair, folder)
+
+
+@pytest.mark.parametrize("name", list(NETWORKS), ids=lambda name: name.replace(" ", "-"))
+def test_keras_cv_and_dbdist_load_each_others_weights(name, tmp_path):
+    """Each network pair in a fresh process: a full-size pair holds up to ~10 GB (two 865M-parameter
+    sd-v2 UNets and TensorFlow's caches), which a long-lived pytest process does not give back to the
+    OS; in one process the pairs added up past this 24 GB machine's memory."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, __file__, name, str(tmp_path)], env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True, text=True, timeout=3600,
+    )
+    print("\n" + "\n".join(line for line in result.stdout.splitlines() if line.startswith("[equivalence]")))
+    assert result.returncode == 0, f"{name}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.stdout.count("[equivalence]") == 2, result.stdout[-3000:]  # both directions ran
+
+
+if __name__ == "__main__":
+    check_both_ways(sys.argv[1], pathlib.Path(sys.argv[2]))
