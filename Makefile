@@ -13,9 +13,7 @@ STAMP = $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	# editable_mode=compat: a plain .pth entry for the repo; setuptools' default finder for this
-	# flat layout prints an "Editable installation" warning at every install.
-	$(PYTHON) -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e ".[test]"
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 .PHONY: install demo test test-all
