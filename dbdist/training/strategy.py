@@ -51,7 +51,7 @@ def tpu_cluster_resolver(tpu):
     roles/tpu.viewer; project and zone come from the VM's metadata server), or grpc://host:8470.
     """
     if not tpu:
-        raise ValueError("--tpu must be 'local' (this host's TPU), a TPU VM name or grpc://host:8470, got ''")
+        raise UserError("--tpu must be 'local' (this host's TPU), a TPU VM name or grpc://host:8470, got ''")
     return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
 
 
