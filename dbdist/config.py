@@ -1,7 +1,7 @@
 """Every setting of dbdist, as frozen dataclasses with named presets.
 
 Sections: model (UNet, VAE, text encoder, noise schedule), data, optim, train,
-runtime. A preset fixes the model section (`tiny`, `sd-v1`, `sd-v2`); absl
+runtime. A preset fixes the model section (`tiny`, `toy`, `sd-v1`, `sd-v2`); absl
 flags override the rest (see `dbdist/flags.py`). The final config is validated
 here and written to the output directory as `config.json`.
 
@@ -124,6 +124,36 @@ def _tiny():
     )
 
 
+def _toy():
+    """64 px, trained on the toy world (dbdist/toy/): draws balls and boxes on a CPU in seconds.
+
+    The VAE downsamples 4x (16x16 latents keep the world's 4 px stripes); the text
+    encoder reads CLIP's BPE ids through a 64-wide table over the whole CLIP vocabulary
+    (12.6 MB, most of the shipped weights), so any prompt tokenizes as for SD.
+    Its weights ship in dbdist/toy/weights/ (made by `python -m dbdist.toy.pretrain`).
+    """
+    return ModelConfig(
+        preset="toy",
+        resolution=64,
+        unet=UNetConfig(
+            block_channels=(32, 64, 64),
+            block_attention=(True, True, True),
+            attention_heads=(2, 4, 4),
+            layers_per_block=1,
+            context_dim=64,
+            norm_groups=8,
+        ),
+        # scaling_factor: 1 / the std of the trained encoder's latent means (measured by the pretraining).
+        vae=VAEConfig(block_channels=(16, 32, 64), layers_per_block=1, norm_groups=8, scaling_factor=TOY_SCALING_FACTOR),
+        text_encoder=TextEncoderConfig(width=64, num_layers=2, num_heads=2),
+    )
+
+
+# 1 / std of the toy VAE's latent means over the world's photos, as `python -m dbdist.toy.pretrain`
+# measured it; it refuses to go on if its own VAE's differs by more than 20%.
+TOY_SCALING_FACTOR = 1.0
+
+
 def _sd_v1():
     """Stable Diffusion 1.4/1.5 shapes (keras-cv `StableDiffusion`)."""
     return ModelConfig(
@@ -150,7 +180,7 @@ def _sd_v2():
     )
 
 
-MODEL_PRESETS = {"tiny": _tiny, "sd-v1": _sd_v1, "sd-v2": _sd_v2}
+MODEL_PRESETS = {"tiny": _tiny, "toy": _toy, "sd-v1": _sd_v1, "sd-v2": _sd_v2}
 
 
 def model_config(preset):

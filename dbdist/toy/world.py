@@ -86,14 +86,29 @@ def caption(scene, *, colour=True, pattern=True, background=True):
     return " ".join(words)
 
 
-def random_scene(rng):
-    return Scene(object=str(rng.choice(OBJECTS)), colour=str(rng.choice(list(COLOURS))),
-                 pattern=str(rng.choice(PATTERNS)), background=str(rng.choice(list(BACKGROUNDS))))
+def random_scene(rng, accent_share=0.0):
+    """A scene of the world; with `accent_share` > 0 that share of patterned objects wear a second named
+    colour (white included) instead of their shade: photos for the VAE, a codec that must also
+    represent looks the base model never draws, such as the demo's red-and-white subject."""
+    scene = Scene(object=str(rng.choice(OBJECTS)), colour=str(rng.choice(list(COLOURS))),
+                  pattern=str(rng.choice(PATTERNS)), background=str(rng.choice(list(BACKGROUNDS))))
+    if scene.pattern != "plain" and rng.uniform() < accent_share:
+        scene = dataclasses.replace(scene, accent=str(rng.choice(list(COLOURS) + list(EXTRA_COLOURS))))
+    return scene
 
 
-def random_caption(rng, scene, drop=0.3):
+# The caption of a photo left uncaptioned: classifier-free guidance needs a prediction that knows
+# nothing of the scene, and the records cannot hold an empty caption, so the toy model's
+# unconditional prompt (its --negative_prompt) is this one.
+UNCONDITIONAL = "a photo"
+
+
+def random_caption(rng, scene, drop=0.3, unconditional=0.1):
     """The scene's caption with each of colour, pattern and background left out with probability `drop`,
-    so the model also learns what "a photo of a ball" (any colour, pattern, background) looks like."""
+    so the model also learns what "a photo of a ball" (any colour, pattern, background) looks like;
+    with probability `unconditional` only UNCONDITIONAL."""
+    if rng.uniform() < unconditional:
+        return UNCONDITIONAL
     keep = rng.uniform(size=3) >= drop
     return caption(scene, colour=keep[0], pattern=keep[1], background=keep[2])
 
@@ -152,12 +167,12 @@ def draw(scene, rng, size=SIZE):
     return np.asarray(img.resize((size, size), Image.BOX))
 
 
-def sample(seed, count, drop=0.3):
+def sample(seed, count, drop=0.3, accent_share=0.0):
     """[(image, caption, scene)] of `count` random scenes; deterministic in `seed`."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        scene = random_scene(rng)
+        scene = random_scene(rng, accent_share)
         out.append((draw(scene, rng), random_caption(rng, scene, drop), scene))
     return out
 

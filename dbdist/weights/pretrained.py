@@ -2,6 +2,7 @@
 
 from absl import logging
 
+from dbdist.errors import UserError
 from dbdist.models import build_models
 from dbdist.weights import sources
 from dbdist.weights.keras_cv_h5 import load_keras_cv_h5
@@ -29,5 +30,9 @@ def load_networks(config, networks, weights_dir="", files=None):
             logging.info("%s: random initialisation from seed %d (preset %s)", network, RANDOM_INIT_SEED, config.preset)
             continue
         logging.info("%s: loading %s", network, path)
-        load_keras_cv_h5(model, path)
+        try:
+            load_keras_cv_h5(model, path)
+        except ValueError as err:  # another preset's file (shapes or layer count differ), or not weights at all
+            raise UserError(f"--model={config.preset} expects {config.preset}'s {network} weights "
+                            f"({model.count_params():,} parameters); {err}") from err
     return models

@@ -5,8 +5,9 @@ named as dbdist exports them or as keras-cv publishes them; the first name
 found wins, and another preset's published file never does (one folder may
 hold both SD 1.x's and SD 2.x's). Without `--weights`, `sd-v1`/`sd-v2` fetch
 keras-cv's published files, checked against their SHA-256, into Keras' cache,
-exactly as keras-cv does. `tiny` has no published weights: it is
-random-initialised from a seed.
+exactly as keras-cv does; `toy` loads the files shipped inside the package
+(dbdist/toy/weights/, made by `python -m dbdist.toy.pretrain`). `tiny` has no
+published weights: it is random-initialised from a seed.
 """
 
 import os
@@ -95,6 +96,21 @@ def find_in_directory(weights_dir, network, preset):
     )
 
 
+# Presets whose weights ship inside the package: {preset: folder of dbdist-named .h5 files}.
+PACKAGED = {"toy": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy", "weights")}
+
+
+def packaged_file(preset, network):
+    """The shipped file of (preset, network); MissingInputError saying how to make it."""
+    path = os.path.join(PACKAGED[preset], _DBDIST_NAMES[network])
+    if not os.path.exists(path):
+        from dbdist.errors import MissingInputError
+
+        raise MissingInputError(f"{path} is missing: {preset}'s weights ship with dbdist; make them with "
+                                f"`python -m dbdist.toy.pretrain --output_dir=DIR` or pass --weights=DIR")
+    return path
+
+
 def download_published(preset, network):
     """keras-cv's published file for (preset, network), fetched once and hash-checked."""
     import keras
@@ -113,4 +129,6 @@ def resolve(preset, network, weights_dir=""):
         return find_in_directory(weights_dir, network, preset)
     if preset in PUBLISHED:
         return download_published(preset, network)
+    if preset in PACKAGED:
+        return packaged_file(preset, network)
     return None
