@@ -1,13 +1,21 @@
-"""python -m dbdist.demo: the whole DreamBooth flow on the tiny preset, on a CPU, in minutes.
+"""python -m dbdist.demo: DreamBooth learning a subject, on the toy model, on a CPU, in minutes.
 
-Writes sample images (a red-and-white striped ball as the subject, plain
-balls as the class), then runs the three real commands one after another:
-make_tfrecords -> train -> generate. Ends with
-  <output_dir>/run/loss_curve.png      the training loss
-  <output_dir>/samples/grid.png        images drawn from the trained model
-No network and no weights: tiny is random-initialised. The CLIP vocabulary
-is taken from --vocab_path, else from ../shared/data next to a dbdist
-checkout, else Keras' cache, else downloaded once (as keras-cv does).
+The `toy` preset is a miniature Stable Diffusion trained on the toy world (dbdist/toy/):
+balls and boxes in five colours, plain, striped or dotted, on four backgrounds. Its base
+model never draws a ball striped red and *white*; the demo teaches it one:
+  1. 4 photos of the subject (images/sks/), on different backgrounds;
+  2. make_tfrecords draws the class images "a photo of a ball" with the base model
+     (--num_class_images) and writes the records;
+  3. train fine-tunes the UNet on "a photo of a sks ball" with prior preservation;
+  4. evaluate draws and judges the subject on every background, the class prompt and
+     the base prompts (dbdist/toy/judge.py reads each image's pixels).
+Ends with
+  <output_dir>/grid.png                 rows: the subject on each background, then the class prompt
+  <output_dir>/run/loss_curve.png       the training loss
+  <output_dir>/eval/evaluation.json     the evaluation table (also printed)
+No network: the toy weights ship with dbdist. The CLIP vocabulary is taken from
+--vocab_path, else from ../shared/data next to a dbdist checkout, else Keras' cache,
+else downloaded once (as keras-cv does).
 """
 
 from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
@@ -18,19 +26,28 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import flags, logging
+from PIL import Image
 
 from dbdist import common_flags, errors
-from dbdist.demo_images import write_demo_images
+from dbdist.data import images
 from dbdist.text.tokenizer import VOCAB_FILENAME
+from dbdist.toy import scores, world
 
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
 for _shared_flag in ("output_dir", "vocab_path"):
     flags.declare_key_flag(_shared_flag)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("demo_train_steps", 150, "Training steps (tiny model, batch 2).")
-flags.DEFINE_integer("demo_sampling_steps", 25, "DDIM steps when sampling.")
+flags.DEFINE_integer("demo_train_steps", 300, "DreamBooth training steps (batch 4 + 4 class images).")
+flags.DEFINE_integer("demo_sampling_steps", 25, "DDIM steps when drawing class and evaluation images.")
+flags.DEFINE_integer("demo_class_images", 32, "Class images drawn by the base model (--num_class_images).")
+flags.DEFINE_integer("demo_eval_images", 16, "Images per prompt in the evaluation.")
+flags.DEFINE_float("demo_prior_loss_weight", 1.0, "Weight of the prior-preservation loss (0: without it).")
+
+INSTANCE_PROMPT, CLASS_PROMPT = scores.DEMO_INSTANCE_PROMPT, scores.DEMO_CLASS_PROMPT
+GRID_COLUMNS = 4
 
 
 def _find_vocab():
@@ -52,42 +69,68 @@ def _run(module, **flags_):
     logging.info("%s took %.0f s", module, time.perf_counter() - start)
 
 
+def _first_row(grid_path, count):
+    """The first `count` 64 px images of one of evaluate's grids."""
+    with Image.open(grid_path) as grid:
+        pixels = np.asarray(grid.convert("RGB"))
+    size = world.SIZE
+    return [pixels[:size, i * size:(i + 1) * size] for i in range(count)]
+
+
+def write_demo_grid(eval_dir, path):
+    """Rows: the subject on each background, then the class prompt's images (GRID_COLUMNS each)."""
+    rows = [f"recontext-{bg}.png" for bg in world.BACKGROUNDS] + ["class.png"]
+    pictures = [p for name in rows for p in _first_row(os.path.join(eval_dir, name), GRID_COLUMNS)]
+    images.save_png(images.make_grid(pictures, columns=GRID_COLUMNS), path)
+
+
 def main(argv):
     del argv
     out = common_flags.OUTPUT_DIR.value or "demo_out"
     vocab = common_flags.VOCAB_PATH.value or _find_vocab()
-    write_demo_images(os.path.join(out, "images", "sks"), os.path.join(out, "images", "ball"), num_instance=4, num_class=8)
+    instance_dir = os.path.join(out, "images", "sks")
+    for i, photo in enumerate(world.subject_photos(seed=0, count=4)):
+        images.save_png(photo, os.path.join(instance_dir, f"sks-{i}.png"))
     _run(
         "dbdist.make_tfrecords",
-        model="tiny",
-        instance_dir=os.path.join(out, "images", "sks"),
-        instance_prompt="a photo of sks ball",
+        model="toy",
+        instance_dir=instance_dir,
+        instance_prompt=INSTANCE_PROMPT,
         class_dir=os.path.join(out, "images", "ball"),
-        class_prompt="a photo of ball",
+        class_prompt=CLASS_PROMPT,
+        num_class_images=FLAGS.demo_class_images,
+        class_num_steps=FLAGS.demo_sampling_steps,
+        # The toy model's unconditional prompt is "a photo", not the "" class images are guided
+        # against, so they are drawn unguided, as the base model's plain conditional samples.
+        class_guidance_scale=1.0,
+        class_batch_size=8,
+        cache_latents=True,
         output_dir=os.path.join(out, "records"),
         vocab_path=vocab,
     )
     _run(
         "dbdist.train",
-        model="tiny",
+        model="toy",
         data_dir=os.path.join(out, "records"),
         output_dir=os.path.join(out, "run"),
-        strategy="one_device",
         max_train_steps=FLAGS.demo_train_steps,
-        global_batch_size=2,
-        learning_rate=1e-3,
+        global_batch_size=4,
+        learning_rate=2e-4,
+        prior_loss_weight=FLAGS.demo_prior_loss_weight,
         log_every=10,
+        checkpoint_every=FLAGS.demo_train_steps,
     )
     _run(
-        "dbdist.generate",
+        "dbdist.evaluate",
         run_dir=os.path.join(out, "run"),
-        prompt="a photo of sks ball",
-        num_images=4,
+        num_images=max(FLAGS.demo_eval_images, GRID_COLUMNS),
         num_steps=FLAGS.demo_sampling_steps,
-        output_dir=os.path.join(out, "samples"),
+        output_dir=os.path.join(out, "eval"),
         vocab_path=vocab,
     )
-    logging.info("done: %s and %s", os.path.join(out, "run", "loss_curve.png"), os.path.join(out, "samples", "grid.png"))
+    write_demo_grid(os.path.join(out, "eval"), os.path.join(out, "grid.png"))
+    logging.info("done: %s, %s and %s", os.path.join(out, "grid.png"), os.path.join(out, "run", "loss_curve.png"),
+                 os.path.join(out, "eval", "evaluation.json"))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import tensorflow as tf
 from absl import flags, logging
 
-from dbdist import common_flags, errors
+from dbdist import common_flags, errors, sampling_flags
 from dbdist.config import model_config, with_resolution
 from dbdist.data import images
 from dbdist.errors import MissingInputError, UserError
@@ -30,15 +30,11 @@ from dbdist.weights.pretrained import load_networks
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
 for _shared_flag in ("model", "resolution", "weights", "unet_weights", "vocab_path", "output_dir", "seed"):
     flags.declare_key_flag(_shared_flag)
+flags.adopt_module_key_flags(sampling_flags)  # --run_dir, --num_images, --num_steps, ... (shared with evaluate)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", "", "A `dbdist.train` output dir: its preset, weights and export/unet.h5 are used.")
 flags.DEFINE_string("prompt", None, 'What to draw, e.g. "a photo of sks dog on the beach".')
-flags.DEFINE_string("negative_prompt", "", "Steer away from this; empty uses the empty prompt as the unconditional input.")
-flags.DEFINE_integer("num_images", 4, "Images to draw.")
 flags.DEFINE_integer("batch_size", 4, "Images denoised together.")
-flags.DEFINE_integer("num_steps", 50, "DDIM steps.")
-flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance scale (1 = no guidance).")
 
 
 def _model_and_weights():

@@ -3,7 +3,7 @@
 import keras
 from absl import flags
 
-from dbdist import generate, make_tfrecords, train
+from dbdist import evaluate, generate, make_tfrecords, train
 from tfrecords_tools import inspect as records_inspect
 from tfrecords_tools import preview as records_preview
 from tfrecords_tools import verify as records_verify
@@ -13,6 +13,7 @@ COMMANDS = {
     "make_tfrecords": make_tfrecords,
     "train": train,
     "generate": generate,
+    "evaluate": evaluate,
     "tfrecords_tools.inspect": records_inspect,
     "tfrecords_tools.verify": records_verify,
     "tfrecords_tools.preview": records_preview,

@@ -1,0 +1,134 @@
+"""python -m dbdist.evaluate: how well a DreamBooth run learned its subject, in numbers.
+
+How to run:
+  python -m dbdist.evaluate --run_dir=/tmp/db/run --num_images=16 --num_steps=25 --guidance_scale=3 \
+      --output_dir=/tmp/db/eval
+  python -m dbdist.evaluate --model=toy --output_dir=/tmp/db/eval_base   # the shipped base model
+What to expect: `evaluation.json` and a table on stdout (and `<prompt key>.png` grids) in
+output_dir. On `toy` the judge (dbdist/toy/judge.py) reads every drawn image and the table
+gives subject fidelity, recontextualisation, prior preservation and prompt fidelity
+(dbdist/toy/scores.py). The instance and class prompts are those of the run's records
+(manifest.json). Image i of a prompt depends only on (--seed, i).
+"""
+
+from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
+
+import json
+import os
+
+import tensorflow as tf
+from absl import flags, logging
+
+from dbdist import common_flags, errors, sampling_flags
+from dbdist.config import model_config
+from dbdist.data import images
+from dbdist.data.manifest import read_manifest
+from dbdist.errors import MissingInputError, UserError
+from dbdist.sampling import Sampler
+from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
+from dbdist.weights.pretrained import load_networks
+
+for _shared_flag in ("model", "weights", "vocab_path", "output_dir", "seed"):
+    flags.declare_key_flag(_shared_flag)
+# --run_dir (empty: --model's base weights), --num_images (per prompt), --num_steps, --guidance_scale,
+# --negative_prompt (on toy, empty means the world's unconditional caption "a photo").
+flags.adopt_module_key_flags(sampling_flags)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("judge", "auto", ["auto", "toy"], "Who reads the images: the toy world's judge (toy runs only).")
+
+
+def _read_run(run_dir):
+    """(preset, {network: exported file}, the run's config.json) of a dbdist.train output dir."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not tf.io.gfile.exists(config_path):
+        raise MissingInputError(f"--run_dir {run_dir} has no config.json; expected a dbdist.train output dir")
+    with tf.io.gfile.GFile(config_path) as f:
+        run = json.load(f)
+    unet = os.path.join(run_dir, "export", "unet.h5")
+    if not tf.io.gfile.exists(unet):
+        raise MissingInputError(f"--run_dir {run_dir} has no export ({unet} is missing); expected a finished "
+                                "dbdist.train run (training exports when it reaches --max_train_steps)")
+    files = {"unet": unet}
+    text_encoder = os.path.join(run_dir, "export", "text_encoder.h5")
+    if tf.io.gfile.exists(text_encoder):
+        files["text_encoder"] = text_encoder
+    return run["model"]["preset"], files, run
+
+
+def _run_prompts(run):
+    """(instance prompt, class prompt) of the run's records (manifest.json); the demo's without a run."""
+    from dbdist.toy import scores
+
+    if run is None:
+        return scores.DEMO_INSTANCE_PROMPT, scores.DEMO_CLASS_PROMPT
+    data_dir = run["data"]["data_dir"]
+    if not tf.io.gfile.exists(os.path.join(data_dir, "manifest.json")):
+        raise MissingInputError(f"the run's records {data_dir} (config.json data.data_dir) have no manifest.json; "
+                                "evaluate reads the instance and class prompts from it")
+    manifest = read_manifest(data_dir)
+    return manifest.instance_prompt, manifest.class_prompt
+
+
+def _judge_for(preset):
+    judge = "toy" if FLAGS.judge == "auto" and preset == "toy" else FLAGS.judge
+    if judge == "toy" and preset != "toy":
+        raise UserError(f"--judge=toy reads the toy world's images, but the run was trained as {preset!r}; "
+                        "expected a --model=toy run")
+    if judge != "toy":
+        raise UserError(f"no judge for preset {preset!r} yet: the DINO / CLIP-I / CLIP-T metrics of sd-v1/sd-v2 "
+                        "are not implemented; evaluate a --model=toy run")
+    return judge
+
+
+def format_table(result):
+    width = max(len(k) for k in result)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
+    lines += [f"{k.ljust(width)}  {'n/a' if v is None else f'{v:.3f}'}" for k, v in result.items()]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    from dbdist.toy import judge as toy_judge
+    from dbdist.toy import scores, world
+
+    common_flags.require("output_dir")
+    if FLAGS.run_dir:
+        preset, files, run = _read_run(FLAGS.run_dir)
+        weights_dir = FLAGS.weights or run["runtime"]["weights"]
+    else:
+        preset, files, run, weights_dir = FLAGS.model, {}, None, FLAGS.weights
+    _judge_for(preset)
+    config = model_config(preset)
+    instance_prompt, class_prompt = _run_prompts(run)
+    wanted = scores.prompts(instance_prompt, class_prompt)
+    # The toy model learnt its unconditional prediction from the caption "a photo" (world.UNCONDITIONAL).
+    negative = FLAGS.negative_prompt or (world.UNCONDITIONAL if preset == "toy" else "")
+
+    tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
+    networks = load_networks(config, ("unet", "vae_decoder", "text_encoder"), weights_dir=weights_dir, files=files)
+    sampler = Sampler(config, networks, tokenizer, compile=tf.function)
+    verdicts = {}
+    for key, prompt in wanted.items():
+        pictures = sampler.images(prompt, num_images=FLAGS.num_images, seed=FLAGS.seed, num_steps=FLAGS.num_steps,
+                                  guidance_scale=FLAGS.guidance_scale, negative_prompt=negative,
+                                  batch_size=FLAGS.num_images)
+        verdicts[key] = toy_judge.judge_all(pictures)
+        images.save_png(images.make_grid(pictures, columns=8), os.path.join(FLAGS.output_dir, key.replace("/", "-") + ".png"))
+        logging.info("%s: %r drawn and judged", key, prompt)
+    result = scores.score(verdicts, class_prompt)
+    report = {"run_dir": FLAGS.run_dir, "preset": preset, "num_images": FLAGS.num_images, "num_steps": FLAGS.num_steps,
+              "guidance_scale": FLAGS.guidance_scale, "negative_prompt": negative, "seed": FLAGS.seed,
+              "prompts": wanted, "metrics": result}
+    tf.io.gfile.makedirs(FLAGS.output_dir)
+    path = os.path.join(FLAGS.output_dir, "evaluation.json")
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    print(format_table(result))
+    logging.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    errors.run(main)
