@@ -12,7 +12,7 @@ import sys
 import pytest
 from absl import flags
 
-from dbdist import demo, generate, make_tfrecords, train
+from dbdist import demo, evaluate, generate, make_tfrecords, train
 from tfrecords_tools import inspect as records_inspect
 from tfrecords_tools import preview as records_preview
 from tfrecords_tools import verify as records_verify
@@ -20,11 +20,13 @@ from tfrecords_tools import verify as records_verify
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_FLAGS = {"model", "resolution", "weights", "vocab_path", "output_dir", "seed"}
 STRATEGY_FLAGS = {"strategy", "num_cpu_devices", "tpu"}
+SAMPLING_FLAGS = {"run_dir", "num_images", "num_steps", "guidance_scale", "negative_prompt"}  # dbdist/sampling_flags.py
 # Each command and the shared flags it reads.
 SHARED_FLAGS = [
     (train, MODEL_FLAGS | STRATEGY_FLAGS | {"data_dir", "unet_weights", "random_flip"}),
     (make_tfrecords, MODEL_FLAGS | STRATEGY_FLAGS | {"random_flip"}),
-    (generate, MODEL_FLAGS | {"unet_weights"}),
+    (generate, MODEL_FLAGS | {"unet_weights"} | SAMPLING_FLAGS),
+    (evaluate, {"model", "weights", "vocab_path", "output_dir", "seed"} | SAMPLING_FLAGS),
     (demo, {"output_dir", "vocab_path"}),
     (records_inspect, {"data_dir"}),
     (records_verify, {"data_dir"}),
