@@ -37,7 +37,7 @@ for _shared_flag in ("output_dir", "vocab_path", "seed"):
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("vae_photos", 2000, "World photos the VAE trains on.")
-flags.DEFINE_integer("vae_steps", 800, "VAE optimisation steps (batch 16 of 32x32 crops).")
+flags.DEFINE_integer("vae_steps", 3000, "VAE optimisation steps (batch 16 of 32x32 crops).")
 flags.DEFINE_integer("world_photos", 3000, "Captioned world photos the text encoder and UNet train on.")
 flags.DEFINE_integer("train_steps", 1500, "dbdist.train steps (text encoder + UNet).")
 flags.DEFINE_integer("train_batch_size", 32, "dbdist.train --global_batch_size.")
@@ -58,13 +58,7 @@ def _run(module, **flags_):
     subprocess.run(argv, check=True)
 
 
-def main(argv):
-    del argv
-    common_flags.require("output_dir")
-    out, seed = FLAGS.output_dir, FLAGS.seed
-    config = model_config("toy")
-    started = time.perf_counter()
-
+def _train_vae_and_init(config, init, seed):
     # Stage 1: the VAE, on photos that include looks the world never shows (accents), so it
     # can also encode the subjects people fine-tune on.
     photos = np.stack([p for p, _, _ in world.sample(seed + 1, FLAGS.vae_photos, accent_share=0.5)])
@@ -73,23 +67,39 @@ def main(argv):
     normalise_latents(encoder, decoder, target_std=1.0 / config.vae.scaling_factor, current_std=before)
     logging.info("VAE: L1 %.4f (pixels in [-1, 1]); latent std %.3f, rescaled to %.3f", l1, before,
                  latent_std(encoder, photos[:512]))
-    _timed("VAE", started)
 
     # Stage 2: the starting weights of the text encoder and UNet: the preset's seeded random draw.
-    init = os.path.join(out, "init")
     scratch = build_models(config, ("unet", "text_encoder"), seed=seed)
     for network, model in (("vae_encoder", encoder), ("vae_decoder", decoder),
                            ("unet", scratch.unet), ("text_encoder", scratch.text_encoder)):
         save_keras_cv_h5(model, os.path.join(init, _NAMES[network]))
 
+
+def main(argv):
+    del argv
+    common_flags.require("output_dir")
+    out, seed = FLAGS.output_dir, FLAGS.seed
+    config = model_config("toy")
+    started = time.perf_counter()
+
+    # A rerun skips the stages whose results are there (init/ complete, records/manifest.json);
+    # dbdist.train resumes from its own checkpoints.
+    init = os.path.join(out, "init")
+    if all(os.path.exists(os.path.join(init, name)) for name in _NAMES.values()):
+        logging.info("%s holds the VAE and the starting weights: stages 1-2 skipped", init)
+    else:
+        _train_vae_and_init(config, init, seed)
+        _timed("VAE", started)
+
     # Stage 3: captioned records of the world, encoded by the starting text encoder (re-encoded
     # by the trained one at every step, since the text encoder trains).
-    world_dir = os.path.join(out, "world")
-    world.write_captioned_folder(world_dir, seed + 2, FLAGS.world_photos)
-    _run("dbdist.make_tfrecords", model="toy", weights=init, instance_dir=world_dir,
-         instance_prompt=world.UNCONDITIONAL, output_dir=os.path.join(out, "records"), cache_latents=True,
-         vocab_path=FLAGS.vocab_path, seed=seed)
-    _timed("records", started)
+    if not os.path.exists(os.path.join(out, "records", "manifest.json")):
+        world_dir = os.path.join(out, "world")
+        world.write_captioned_folder(world_dir, seed + 2, FLAGS.world_photos)
+        _run("dbdist.make_tfrecords", model="toy", weights=init, instance_dir=world_dir,
+             instance_prompt=world.UNCONDITIONAL, output_dir=os.path.join(out, "records"), cache_latents=True,
+             vocab_path=FLAGS.vocab_path, seed=seed)
+        _timed("records", started)
 
     # Stage 4: text encoder and UNet, by the product's own trainer.
     run_dir = os.path.join(out, "run")
