@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("vae_photos", 2000, "World photos the VAE trains on.")
 flags.DEFINE_integer("vae_steps", 3000, "VAE optimisation steps (batch 16 of 32x32 crops).")
 flags.DEFINE_integer("world_photos", 3000, "Captioned world photos the text encoder and UNet train on.")
-flags.DEFINE_integer("train_steps", 1500, "dbdist.train steps (text encoder + UNet).")
+flags.DEFINE_integer("train_steps", 1200, "dbdist.train steps (text encoder + UNet).")
 flags.DEFINE_integer("train_batch_size", 32, "dbdist.train --global_batch_size.")
 flags.DEFINE_float("train_learning_rate", 1e-3, "dbdist.train learning rate of the UNet and the text encoder.")
 flags.DEFINE_bool("install", False, "Copy the trained weights into the package (dbdist/toy/weights/).")
