@@ -1,5 +1,5 @@
 # Three commands do all set-up on a fresh machine (Python 3.10-3.13 with venv):
-#   make demo      # tiny model, generated sample images, local files: make_tfrecords -> train -> generate
+#   make demo      # DreamBooth on the shipped toy model: make_tfrecords (class images) -> train -> evaluate
 #   make test      # the fast tier, pytest -m "not slow": every command end to end on the tiny preset,
 #                  # the bad-input refusals, one topology-invariance and one resume check (< 10 min, 2 cores)
 #   make test-all  # the whole suite, what CI runs (.ci/run): adds the `slow` tests, i.e. full-size
