@@ -13,7 +13,7 @@ Ends with
   <output_dir>/grid.png                 rows: the subject on each background, then the class prompt
   <output_dir>/run/loss_curve.png       the training loss
   <output_dir>/eval/evaluation.json     the evaluation table (also printed)
-No network: the toy weights ship with dbdist. The CLIP vocabulary is taken from
+No network: the toy weights ship with dbdist (or --weights=DIR, e.g. made by dbdist.toy.pretrain). The CLIP vocabulary is taken from
 --vocab_path, else from ../shared/data next to a dbdist checkout, else Keras' cache,
 else downloaded once (as keras-cv does).
 """
@@ -36,7 +36,7 @@ from dbdist.text.tokenizer import VOCAB_FILENAME
 from dbdist.toy import scores, world
 
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
-for _shared_flag in ("output_dir", "vocab_path"):
+for _shared_flag in ("output_dir", "vocab_path", "weights"):
     flags.declare_key_flag(_shared_flag)
 
 FLAGS = flags.FLAGS
@@ -91,12 +91,14 @@ def main(argv):
     del argv
     out = common_flags.OUTPUT_DIR.value or "demo_out"
     vocab = common_flags.VOCAB_PATH.value or _find_vocab()
+    weights = common_flags.WEIGHTS.value  # "" = the toy weights shipped in dbdist/toy/weights/
     instance_dir = os.path.join(out, "images", "sks")
     for i, photo in enumerate(world.subject_photos(seed=0, count=4)):
         images.save_png(photo, os.path.join(instance_dir, f"sks-{i}.png"))
     _run(
         "dbdist.make_tfrecords",
         model="toy",
+        weights=weights,
         instance_dir=instance_dir,
         instance_prompt=INSTANCE_PROMPT,
         class_dir=os.path.join(out, "images", "ball"),
@@ -114,6 +116,7 @@ def main(argv):
     _run(
         "dbdist.train",
         model="toy",
+        weights=weights,
         data_dir=os.path.join(out, "records"),
         output_dir=os.path.join(out, "run"),
         max_train_steps=FLAGS.demo_train_steps,
@@ -126,6 +129,7 @@ def main(argv):
     _run(
         "dbdist.evaluate",
         run_dir=os.path.join(out, "run"),
+        weights=weights,
         num_images=max(FLAGS.demo_eval_images, GRID_COLUMNS),
         num_steps=FLAGS.demo_sampling_steps,
         guidance_scale=EVAL_GUIDANCE_SCALE,
