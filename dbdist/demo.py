@@ -13,8 +13,8 @@ Ends with
   <output_dir>/grid.png                 rows: the subject on each background, then the class prompt
   <output_dir>/run/loss_curve.png       the training loss
   <output_dir>/eval/evaluation.json     the evaluation table (also printed)
-No network: the toy weights ship with dbdist (or --weights=DIR, e.g. made by dbdist.toy.pretrain). The CLIP vocabulary is taken from
---vocab_path, else from ../shared/data next to a dbdist checkout, else Keras' cache,
+No network: the toy weights ship with dbdist (or --weights=DIR, made by dbdist.toy.pretrain).
+The CLIP vocabulary is taken from --vocab_path, else from ../shared/data next to a dbdist checkout, else Keras' cache,
 else downloaded once (as keras-cv does).
 """
 

@@ -27,7 +27,7 @@ SHARED_FLAGS = [
     (make_tfrecords, MODEL_FLAGS | STRATEGY_FLAGS | {"random_flip"}),
     (generate, MODEL_FLAGS | {"unet_weights"} | SAMPLING_FLAGS),
     (evaluate, {"model", "weights", "vocab_path", "output_dir", "seed"} | SAMPLING_FLAGS),
-    (demo, {"output_dir", "vocab_path"}),
+    (demo, {"output_dir", "vocab_path", "weights"}),
     (records_inspect, {"data_dir"}),
     (records_verify, {"data_dir"}),
     (records_preview, {"data_dir", "weights", "seed"}),
