@@ -130,7 +130,7 @@ def _toy():
     The VAE downsamples 4x (16x16 latents keep the world's 4 px stripes); the text
     encoder reads CLIP's BPE ids through a 64-wide table over the whole CLIP vocabulary
     (12.6 MB, most of the shipped weights), so any prompt tokenizes as for SD.
-    Its weights ship in dbdist/toy/weights/ (made by `python -m dbdist.toy.pretrain`).
+    Its weights load from dbdist/toy/weights/, package data (made by `python -m dbdist.toy.pretrain --install`).
     """
     return ModelConfig(
         preset="toy",
@@ -143,14 +143,13 @@ def _toy():
             context_dim=64,
             norm_groups=8,
         ),
-        # scaling_factor: 1 / the std of the trained encoder's latent means (measured by the pretraining).
         vae=VAEConfig(block_channels=(16, 32, 64), layers_per_block=1, norm_groups=8, scaling_factor=TOY_SCALING_FACTOR),
         text_encoder=TextEncoderConfig(width=64, num_layers=2, num_heads=2),
     )
 
 
-# 1 / std of the toy VAE's latent means over the world's photos, as `python -m dbdist.toy.pretrain`
-# measured it; it refuses to go on if its own VAE's differs by more than 20%.
+# The toy VAE's latents need no scaling: `python -m dbdist.toy.pretrain` rescales the trained VAE
+# exactly (dbdist/toy/vae_training.py normalise_latents) so that its latent means have std 1 / this.
 TOY_SCALING_FACTOR = 1.0
 
 
