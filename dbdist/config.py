@@ -52,6 +52,9 @@ class VAEConfig:
     norm_groups: int = 32
     # Latents are multiplied by this before the UNet sees them (SD's 0.18215).
     scaling_factor: float = 0.18215
+    # Of every GroupNormalization: keras-cv's 1e-5 (the presets); SD's own and diffusers' AutoencoderKL
+    # use 1e-6 (dbdist.formats.vae_keys.faithful_config, for weights imported from their files).
+    norm_epsilon: float = 1e-5
 
     @property
     def downsample_factor(self):
@@ -67,7 +70,8 @@ class TextEncoderConfig:
     width: int = 768
     num_layers: int = 12
     num_heads: int = 12
-    # "quick_gelu" for OpenAI CLIP (SD 1.x), "gelu" (tanh form, as keras-cv) for OpenCLIP.
+    # "quick_gelu" for OpenAI CLIP (SD 1.x), "gelu" (tanh form, as keras-cv) for OpenCLIP;
+    # "gelu_erf" is OpenCLIP's own exact GELU, as transformers runs SD 2.x's text encoder.
     activation: str = "quick_gelu"
 
 

@@ -28,8 +28,11 @@ Public:
   canonical_tensors(tensors, layout) -> the same tensors under the names key_map uses
   ignored_keys(model_config, layout) -> predicate: keys of a text encoder file that dbdist does not load
   diffusers_config(model_config) -> transformers' text_encoder/config.json for this tower
+  config_from_diffusers(config_json, text_encoder_config) -> the TextEncoderConfig such a config.json describes
+  faithful_config(model_config) -> model_config with OpenCLIP's exact GELU where the preset has keras-cv's tanh form
 """
 
+import dataclasses
 import re
 
 import numpy as np
@@ -176,6 +179,39 @@ def ignored_keys(model_config, layout):
     return lambda key: key.endswith("position_ids") or key.startswith("text_projection") or key.endswith("logit_scale")
 
 
+# dbdist's activation -> transformers' hidden_act. keras-cv's tanh GELU is written as "gelu", the
+# activation SD 2.x was trained with, which it approximates.
+_HIDDEN_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_erf": "gelu"}
+_ACTIVATION = {"quick_gelu": "quick_gelu", "gelu": "gelu_erf"}
+
+
+def faithful_config(model_config):
+    """`model_config` with the text encoder computing as transformers and OpenCLIP do: exact (erf) GELU
+    instead of keras-cv's tanh form (on the small SD 2.x fixture: 2.5e-6 from transformers' outputs
+    instead of 1.1e-3, of about 4). SD 1.x's quick-GELU is exact already."""
+    c = model_config.text_encoder
+    activation = "gelu_erf" if c.activation == "gelu" else c.activation
+    return dataclasses.replace(model_config, text_encoder=dataclasses.replace(c, activation=activation))
+
+
+def config_from_diffusers(config_json, text_encoder_config):
+    """`text_encoder_config` with the shapes and activation of transformers' text_encoder/config.json ({...})."""
+    act = config_json.get("hidden_act", "quick_gelu")
+    if act not in _ACTIVATION:
+        raise ValueError(f"text_encoder/config.json has hidden_act={act!r}; dbdist builds {sorted(_ACTIVATION)}")
+    width = config_json["hidden_size"]
+    if config_json.get("intermediate_size", 4 * width) != 4 * width:
+        raise ValueError(f"text_encoder/config.json has intermediate_size={config_json['intermediate_size']}; "
+                         f"dbdist builds 4 x hidden_size = {4 * width}")
+    if config_json.get("layer_norm_eps", 1e-5) != 1e-5:
+        raise ValueError(f"text_encoder/config.json has layer_norm_eps={config_json['layer_norm_eps']}; dbdist builds 1e-05")
+    return dataclasses.replace(
+        text_encoder_config, vocab_size=config_json.get("vocab_size", 49408),
+        max_length=config_json.get("max_position_embeddings", 77), width=width,
+        num_layers=config_json["num_hidden_layers"], num_heads=config_json["num_attention_heads"],
+        activation=_ACTIVATION[act])
+
+
 def diffusers_config(model_config, transformers_version="4.25.1"):
     """transformers' CLIPTextConfig (text_encoder/config.json) for this tower, as SD 1.5's and 2.1's folders have it.
 
@@ -188,7 +224,7 @@ def diffusers_config(model_config, transformers_version="4.25.1"):
         "bos_token_id": 0,
         "dropout": 0.0,
         "eos_token_id": 2,
-        "hidden_act": "quick_gelu" if c.activation == "quick_gelu" else "gelu",
+        "hidden_act": _HIDDEN_ACT[c.activation],
         "hidden_size": c.width,
         "initializer_factor": 1.0,
         "initializer_range": 0.02,

@@ -29,8 +29,12 @@ Public:
   key_map(model, model_config, layout): either, chosen by the model's outputs (two: the encoder)
   canonical_tensors(tensors, layout) -> the same tensors under the names key_map uses
   diffusers_config(model_config) -> diffusers' vae/config.json for this VAE
+  config_from_diffusers(config_json, vae_config) -> the VAEConfig such a config.json describes
+  faithful_config(model_config) -> model_config with the VAE computing as SD's own (GroupNorm epsilon 1e-6)
 ORIGINAL_PREFIX is the original layout's prefix of every VAE key.
 """
+
+import dataclasses
 
 import keras
 import numpy as np
@@ -39,6 +43,9 @@ from dbdist.formats import tensor_map
 from dbdist.models.vae_blocks import VAEAttention, VAEResBlock
 
 ORIGINAL_PREFIX = "first_stage_model."
+# The GroupNorm epsilon of SD's own VAE (ldm's Normalize) and of diffusers' AutoencoderKL (resnet_eps=1e-6
+# and conv_norm_out's eps=1e-6 in src/diffusers/models/autoencoders/vae.py); keras-cv's, and so the presets', is 1e-5.
+ORIGINAL_NORM_EPSILON = 1e-6
 
 _RESNET_PARTS = (("norm1", "norm1", "norm1"), ("conv1", "conv1", "conv1"), ("norm2", "norm2", "norm2"),
                  ("conv2", "conv2", "conv2"), ("shortcut", "conv_shortcut", "nin_shortcut"))
@@ -201,3 +208,32 @@ def diffusers_config(model_config, diffusers_version="0.30.0"):
         "scaling_factor": c.scaling_factor,
         "up_block_types": ["UpDecoderBlock2D"] * levels,
     }
+
+
+def faithful_config(model_config):
+    """`model_config` with a VAE that normalises as SD's checkpoints were trained (epsilon 1e-6).
+
+    For weights imported from a diffusers folder or a single file: with keras-cv's 1e-5 the small
+    fixture's outputs differ from diffusers' by up to 5e-5 (of about 4), with 1e-6 by float round-off.
+    """
+    return dataclasses.replace(model_config, vae=dataclasses.replace(model_config.vae, norm_epsilon=ORIGINAL_NORM_EPSILON))
+
+
+def config_from_diffusers(config_json, vae_config):
+    """`vae_config` with the shapes of diffusers' vae/config.json ({...} as read) and SD's epsilon.
+
+    Raises ValueError for an AutoencoderKL dbdist does not build (other block types, activation).
+    """
+    expected = {"_class_name": "AutoencoderKL", "act_fn": "silu", "in_channels": 3, "out_channels": 3}
+    for field, value in expected.items():
+        if config_json.get(field, value) != value:
+            raise ValueError(f"vae/config.json has {field}={config_json[field]!r}; dbdist builds {value!r}")
+    levels = len(config_json["block_out_channels"])
+    for field, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        if list(config_json.get(field, [block] * levels)) != [block] * levels:
+            raise ValueError(f"vae/config.json has {field}={config_json[field]}; dbdist builds {[block] * levels}")
+    return dataclasses.replace(
+        vae_config, block_channels=tuple(config_json["block_out_channels"]),
+        layers_per_block=config_json.get("layers_per_block", 1), latent_channels=config_json.get("latent_channels", 4),
+        norm_groups=config_json.get("norm_num_groups", 32),
+        scaling_factor=config_json.get("scaling_factor", vae_config.scaling_factor), norm_epsilon=ORIGINAL_NORM_EPSILON)
