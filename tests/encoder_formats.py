@@ -48,22 +48,29 @@ def text_file(kind, layout, root=FIXTURES):
         os.path.join(root, f"text_encoder_{kind}_original.safetensors")
 
 
-def import_vae(layout, root=FIXTURES, faithful=True):
-    """(encoder, decoder) of the small config with the fixture's weights."""
+def build_small(faithful=True):
+    """{"vae": (encoder, decoder), "sd1": text encoder, "sd2": text encoder} of the fixtures' configs, random."""
+    vae = small_config(faithful=faithful).vae
+    networks = {"vae": (build_vae_encoder(vae), build_vae_decoder(vae))}
+    for kind in KINDS:
+        networks[kind] = build_text_encoder(small_config(kind, faithful).text_encoder)
+    return networks
+
+
+def load_vae(encoder, decoder, layout, root=FIXTURES, faithful=True):
+    """Loads the fixture VAE of `layout` into an encoder and decoder of the small config."""
     config = small_config(faithful=faithful)
     path = vae_file(layout, root)
     tensors = vae_keys.canonical_tensors(load_file(path), layout)
-    encoder, decoder = build_vae_encoder(config.vae), build_vae_decoder(config.vae)
     tensor_map.load_into(vae_keys.encoder_key_map(encoder, config, layout), tensors, path)
     tensor_map.load_into(vae_keys.decoder_key_map(decoder, config, layout), tensors, path)
     return encoder, decoder
 
 
-def import_text_encoder(kind, layout, root=FIXTURES, faithful=True):
+def load_text_encoder(model, kind, layout, root=FIXTURES, faithful=True):
     config = small_config(kind, faithful)
     path = text_file(kind, layout, root)
     tensors = text_encoder_keys.canonical_tensors(load_file(path), layout)
-    model = build_text_encoder(config.text_encoder)
     tensor_map.load_into(text_encoder_keys.key_map(model, config, layout), tensors, path)
     return model
 
@@ -79,14 +86,15 @@ def _write(tensors, path, config=None):
 def export_all(root, out):
     """Imports each fixture (from its diffusers folder) and writes it in both layouts under `out`."""
     config = small_config()
-    encoder, decoder = import_vae("diffusers", root)
+    networks = build_small()
+    encoder, decoder = load_vae(*networks["vae"], "diffusers", root)
     for layout in LAYOUTS:
         keys = vae_keys.encoder_key_map(encoder, config, layout) + vae_keys.decoder_key_map(decoder, config, layout)
         _write(tensor_map.tensors_of(keys), vae_file(layout, out),
                vae_keys.diffusers_config(config) if layout == "diffusers" else None)
     for kind in KINDS:
         config = small_config(kind)
-        model = import_text_encoder(kind, "diffusers", root)
+        model = load_text_encoder(networks[kind], kind, "diffusers", root)
         for layout in LAYOUTS:
             _write(tensor_map.tensors_of(text_encoder_keys.key_map(model, config, layout)), text_file(kind, layout, out),
                    text_encoder_keys.diffusers_config(config) if layout == "diffusers" else None)

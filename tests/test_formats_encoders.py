@@ -1,0 +1,176 @@
+"""VAE, text encoder and tokenizer formats against diffusers' and transformers' own files (no torch here).
+
+The fixtures in tests/fixtures/encoders/ were written by diffusers / transformers
+(tests/fixtures/diffusers_encoder_fixtures.py): small random models of SD's kinds in the
+diffusers folder layout and the original single-file layout, their outputs on fixed inputs,
+tokenizer ids, and the full-size SD 1.5 / 2.1 key names and shapes.
+"""
+
+import hashlib
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from dbdist.config import model_config
+from dbdist.formats import tensor_map, text_encoder_keys, tokenizer_files, vae_keys
+from dbdist.models import build_models
+from dbdist.text.tokenizer import ClipTokenizer
+from encoder_formats import (FIXTURES, KINDS, LAYOUTS, build_small, load_text_encoder, load_vae, small_config,
+                             text_file, vae_file)
+
+# Float32 round-off: the measured differences are <= 3.9e-6 on outputs of magnitude <= 4 (the VAE decoder's
+# includes diffusers' latents / 0.18215 against ours * (1 / 0.18215)); 2e-5 leaves 5x room. With keras-cv's
+# settings instead (VAE epsilon 1e-5, tanh GELU) they are 5.3e-5 (VAE) and 1.1e-3 (SD 2.x text): above it.
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(os.path.join(FIXTURES, "reference.npz"))
+
+
+@pytest.fixture(scope="module")
+def networks():
+    """The fixtures' networks, built once (building dominates these tests); each test loads all their weights."""
+    return build_small()
+
+
+@pytest.fixture(scope="module")
+def other_networks():
+    keras.utils.set_random_seed(4)
+    return build_small()
+
+
+def _key_maps(networks, layout):
+    """{network: [TensorKey, ...]} of `networks` in `layout`."""
+    config = small_config()
+    encoder, decoder = networks["vae"]
+    maps = {"vae_encoder": vae_keys.encoder_key_map(encoder, config, layout),
+            "vae_decoder": vae_keys.decoder_key_map(decoder, config, layout)}
+    for kind in KINDS:
+        maps[kind] = text_encoder_keys.key_map(networks[kind], small_config(kind), layout)
+    return maps
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_vae_import_gives_diffusers_outputs(layout, reference, networks):
+    encoder, decoder = load_vae(*networks["vae"], layout)
+    mean, log_variance = encoder(reference["vae_pixels"])
+    np.testing.assert_allclose(np.asarray(mean), reference["vae_mean"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(log_variance), reference["vae_log_variance"], rtol=0, atol=ATOL)
+    decoded = decoder(reference["vae_scaled_latents"])
+    np.testing.assert_allclose(np.asarray(decoded), reference["vae_decoded"], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_encoder_import_gives_transformers_outputs(kind, layout, reference, networks):
+    # sd1's folder has the hub's `text_model.*` keys, sd2's transformers 5.x's unprefixed ones; sd2's
+    # single file has OpenCLIP's fused q/k/v and the extra block, projection and logit scale SD ignores.
+    model = load_text_encoder(networks[kind], kind, layout)
+    hidden = model(reference[f"{kind}_text_ids"])
+    np.testing.assert_allclose(np.asarray(hidden), reference[f"{kind}_text_hidden"], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_export_has_exactly_the_fixture_files_keys_and_shapes(layout, networks):
+    """Our export of the small models holds what diffusers' files hold, no more, no less."""
+    maps = _key_maps(networks, layout)
+    exported = {k: tuple(v.shape) for k, v in
+                tensor_map.tensors_of(maps["vae_encoder"] + maps["vae_decoder"]).items()}
+    assert exported == {k: tuple(v.shape) for k, v in load_file(vae_file(layout)).items()}
+    for kind in KINDS:
+        exported = {k: tuple(v.shape) for k, v in tensor_map.tensors_of(maps[kind]).items()}
+        in_file = text_encoder_keys.canonical_tensors(load_file(text_file(kind, layout)), layout)
+        ignored = text_encoder_keys.ignored_keys(small_config(kind), layout)
+        assert exported == {k: tuple(v.shape) for k, v in in_file.items() if not ignored(k)}, kind
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_import_of_export_is_bit_identical(layout, networks, other_networks):
+    """Export then import into networks of other random weights gives every variable back bit for bit
+    (sd2's original layout goes through OpenCLIP's fused q/k/v)."""
+    targets = _key_maps(other_networks, layout)
+    for network, keys in _key_maps(networks, layout).items():
+        tensor_map.load_into(targets[network], tensor_map.tensors_of(keys), "export")
+        for source, target in zip(keys, targets[network], strict=True):
+            assert np.array_equal(np.asarray(source.variable), np.asarray(target.variable)), (network, source.key)
+
+
+def test_legacy_diffusers_vae_attention_names_load(reference, networks):
+    """diffusers < 0.14 folders name the mid attention query/key/value/proj_attn (some with 1x1-conv shapes)."""
+    tensors = load_file(vae_file("diffusers"))
+    legacy = {}
+    for key, array in tensors.items():
+        for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
+            if ".mid_block.attentions.0." in key and f".{new}." in key:
+                key = key.replace(f".{new}.", f".{old}.")
+                array = array[:, :, None, None] if array.ndim == 2 else array
+        legacy[key] = array
+    config = small_config()
+    encoder = networks["vae"][0]
+    tensor_map.load_into(vae_keys.encoder_key_map(encoder, config, "diffusers"),
+                         vae_keys.canonical_tensors(legacy, "diffusers"), "legacy")
+    np.testing.assert_allclose(np.asarray(encoder(reference["vae_pixels"])[0]), reference["vae_mean"], rtol=0, atol=ATOL)
+
+
+def test_wrong_file_names_the_missing_key_and_the_mismatched_shape(networks):
+    keys = text_encoder_keys.key_map(networks["sd1"], small_config("sd1"), "diffusers")
+    tensors = text_encoder_keys.canonical_tensors(load_file(text_file("sd1", "diffusers")), "diffusers")
+    without = {k: v for k, v in tensors.items() if k != "text_model.final_layer_norm.weight"}
+    with pytest.raises(ValueError, match=r"f\.safetensors: no tensor 'text_model\.final_layer_norm\.weight'"):
+        tensor_map.load_into(keys, without, "f.safetensors")
+    sd2_tensors = text_encoder_keys.canonical_tensors(load_file(text_file("sd2", "diffusers")), "diffusers")
+    with pytest.raises(ValueError, match=r"'text_model\.embeddings\.token_embedding\.weight' has shape \(1000, 64\), "
+                                         r"expected \(1000, 32\)"):
+        tensor_map.load_into(keys, sd2_tensors, "sd2.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_record():
+    with open(os.path.join(FIXTURES, "tokenizer.json")) as f:
+        return json.load(f)
+
+
+def test_tokenizer_folder_gives_transformers_ids(tmp_path, vocab_path, tokenizer_record):
+    """Our tokenizer/ files are the bytes transformers' CLIPTokenizer read in the fixture script; read
+    back by dbdist they give its ids, padded as each family's tokenizer pads, and the gz vocabulary's ids."""
+    from_gz = ClipTokenizer(vocab_path)
+    for kind, pad in (("sd1", tokenizer_files.SD1_PAD_TOKEN), ("sd2", tokenizer_files.SD2_PAD_TOKEN)):
+        # With pad token "!" transformers splits every "!" of a prompt out as that special token (id 0);
+        # OpenCLIP's tokenizer, which SD 2 was trained with (and dbdist), BPE-encodes it ("!!!" is 995).
+        # Those prompts are compared for SD 1.x only.
+        rows = [i for i, p in enumerate(tokenizer_record["prompts"]) if kind == "sd1" or "!" not in p]
+        prompts = [tokenizer_record["prompts"][i] for i in rows]
+        expected = [tokenizer_record[f"{kind}_ids"][i] for i in rows]
+        folder = tmp_path / kind
+        tokenizer_files.write_tokenizer_folder(str(folder), vocab_path, pad_token=pad)
+        for name, sha256 in tokenizer_record["sha256"].items():
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha256, name
+        tokenizer = tokenizer_files.load_tokenizer_folder(str(folder))
+        assert tokenizer.pad_token == tokenizer_record[f"{kind}_pad_token_id"]
+        assert tokenizer.tokenize_batch(prompts).tolist() == expected
+        assert [tokenizer.encode(p) for p in prompts] == [from_gz.encode(p) for p in prompts]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network", ["vae", "sd1_text_encoder", "sd2_text_encoder"])
+def test_full_size_export_keys_and_shapes_equal_diffusers(network):
+    """Full-size sd-v1 / sd-v2 networks: every key and shape of our export in both layouts equals the
+    fixture's, recorded from diffusers' SD 1.5 / 2.1 models and diffusers' own conversion script."""
+    with open(os.path.join(FIXTURES, "full_size_keys.json")) as f:
+        full = json.load(f)
+    config = model_config("sd-v2" if network.startswith("sd2") else "sd-v1")
+    for layout in LAYOUTS:
+        if network == "vae":
+            models = build_models(config, ("vae_encoder", "vae_decoder"))
+            keys = (vae_keys.encoder_key_map(models.vae_encoder, config, layout)
+                    + vae_keys.decoder_key_map(models.vae_decoder, config, layout))
+        else:
+            keys = text_encoder_keys.key_map(build_models(config, ("text_encoder",)).text_encoder, config, layout)
+        exported = sorted({k.key: list(k.shape) for k in keys}.items())
+        assert [list(item) for item in exported] == full[f"{network}/{layout}"], layout
