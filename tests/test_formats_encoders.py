@@ -165,12 +165,13 @@ def test_full_size_export_keys_and_shapes_equal_diffusers(network):
     with open(os.path.join(FIXTURES, "full_size_keys.json")) as f:
         full = json.load(f)
     config = model_config("sd-v2" if network.startswith("sd2") else "sd-v1")
+    if network == "vae":
+        models = build_models(config, ("vae_encoder", "vae_decoder"))
+        key_map = lambda layout: (vae_keys.encoder_key_map(models.vae_encoder, config, layout)
+                                  + vae_keys.decoder_key_map(models.vae_decoder, config, layout))
+    else:
+        text_encoder = build_models(config, ("text_encoder",)).text_encoder
+        key_map = lambda layout: text_encoder_keys.key_map(text_encoder, config, layout)
     for layout in LAYOUTS:
-        if network == "vae":
-            models = build_models(config, ("vae_encoder", "vae_decoder"))
-            keys = (vae_keys.encoder_key_map(models.vae_encoder, config, layout)
-                    + vae_keys.decoder_key_map(models.vae_decoder, config, layout))
-        else:
-            keys = text_encoder_keys.key_map(build_models(config, ("text_encoder",)).text_encoder, config, layout)
-        exported = sorted({k.key: list(k.shape) for k in keys}.items())
+        exported = sorted({k.key: list(k.shape) for k in key_map(layout)}.items())
         assert [list(item) for item in exported] == full[f"{network}/{layout}"], layout
