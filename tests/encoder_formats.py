@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+import keras
+import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from dbdist.config import TextEncoderConfig, VAEConfig, model_config
@@ -29,6 +31,26 @@ SMALL_TEXT = {
     "sd1": TextEncoderConfig(vocab_size=1000, width=32, num_layers=2, num_heads=2, activation="quick_gelu"),
     "sd2": TextEncoderConfig(vocab_size=1000, width=64, num_layers=3, num_heads=4, activation="gelu"),
 }
+
+
+def load_into(tensor_keys, tensors, source):
+    """Assigns every variable of `tensor_keys` from `tensors` ({key: array}); ValueError naming a missing key.
+
+    What dbdist.formats.networks.load_tensors does for a named network, without its user-facing messages.
+    """
+    missing = [k.key for k in tensor_keys if k.key not in tensors]
+    if missing:
+        raise ValueError(f"{source}: no tensor {missing[0]!r}")
+    for k in tensor_keys:
+        if tuple(tensors[k.key].shape) != tuple(k.shape):
+            raise ValueError(f"{source}: {k.key!r} has shape {tuple(tensors[k.key].shape)}, expected {tuple(k.shape)}")
+    for k in tensor_keys:
+        k.variable.assign(k.to_keras(np.asarray(tensors[k.key])).astype(k.variable.dtype))
+
+
+def tensors_of(tensor_keys):
+    """{key: array} of the variables of `tensor_keys` in the file's layout, q/k/v parts stacked."""
+    return tensor_map.file_tensors(tensor_keys, [keras.ops.convert_to_numpy(k.variable) for k in tensor_keys])
 
 
 def small_config(kind="sd1", faithful=True):
@@ -62,8 +84,8 @@ def load_vae(encoder, decoder, layout, root=FIXTURES, faithful=True):
     config = small_config(faithful=faithful)
     path = vae_file(layout, root)
     tensors = vae_keys.canonical_tensors(load_file(path), layout)
-    tensor_map.load_into(vae_keys.encoder_key_map(encoder, config, layout), tensors, path)
-    tensor_map.load_into(vae_keys.decoder_key_map(decoder, config, layout), tensors, path)
+    load_into(vae_keys.encoder_key_map(encoder, config, layout), tensors, path)
+    load_into(vae_keys.decoder_key_map(decoder, config, layout), tensors, path)
     return encoder, decoder
 
 
@@ -71,7 +93,7 @@ def load_text_encoder(model, kind, layout, root=FIXTURES, faithful=True):
     config = small_config(kind, faithful)
     path = text_file(kind, layout, root)
     tensors = text_encoder_keys.canonical_tensors(load_file(path), layout)
-    tensor_map.load_into(text_encoder_keys.key_map(model, config, layout), tensors, path)
+    load_into(text_encoder_keys.key_map(model, config, layout), tensors, path)
     return model
 
 
@@ -90,13 +112,13 @@ def export_all(root, out):
     encoder, decoder = load_vae(*networks["vae"], "diffusers", root)
     for layout in LAYOUTS:
         keys = vae_keys.encoder_key_map(encoder, config, layout) + vae_keys.decoder_key_map(decoder, config, layout)
-        _write(tensor_map.tensors_of(keys), vae_file(layout, out),
+        _write(tensors_of(keys), vae_file(layout, out),
                vae_keys.diffusers_config(config) if layout == "diffusers" else None)
     for kind in KINDS:
         config = small_config(kind)
         model = load_text_encoder(networks[kind], kind, "diffusers", root)
         for layout in LAYOUTS:
-            _write(tensor_map.tensors_of(text_encoder_keys.key_map(model, config, layout)), text_file(kind, layout, out),
+            _write(tensors_of(text_encoder_keys.key_map(model, config, layout)), text_file(kind, layout, out),
                    text_encoder_keys.diffusers_config(config) if layout == "diffusers" else None)
 
 

@@ -107,28 +107,3 @@ def projection(layer, key):
     import keras
 
     return dense(layer, key) if isinstance(layer, keras.layers.Dense) else conv(layer, key)
-
-
-def load_into(tensor_keys, tensors, source):
-    """Assigns every variable of `tensor_keys` from `tensors` ({key: array}, any float dtype).
-
-    Checks every key and shape first, so a wrong file leaves the model untouched; raises
-    ValueError naming `source`, the first missing key or the first mismatched shape.
-    """
-    missing = [k.key for k in tensor_keys if k.key not in tensors]
-    if missing:
-        raise ValueError(f"{source}: no tensor {missing[0]!r}" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1
-                                                                    else "") + "; expected this model's keys")
-    for k in tensor_keys:
-        if tuple(tensors[k.key].shape) != tuple(k.shape):
-            raise ValueError(f"{source}: {k.key!r} has shape {tuple(tensors[k.key].shape)}, expected {tuple(k.shape)}; "
-                             "is the file for this model and size?")
-    for k in tensor_keys:
-        k.variable.assign(k.to_keras(np.asarray(tensors[k.key])).astype(k.variable.dtype))
-
-
-def tensors_of(tensor_keys):
-    """{key: array} of the variables of `tensor_keys`, in the file's layout and their own dtype."""
-    import keras
-
-    return file_tensors(tensor_keys, [keras.ops.convert_to_numpy(k.variable) for k in tensor_keys])
