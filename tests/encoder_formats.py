@@ -29,7 +29,7 @@ LAYOUTS = ("diffusers", "original")
 SMALL_VAE = VAEConfig(block_channels=(8, 16, 16, 16), layers_per_block=2, norm_groups=4, scaling_factor=0.18215)
 SMALL_TEXT = {
     "sd1": TextEncoderConfig(vocab_size=1000, width=32, num_layers=2, num_heads=2, activation="quick_gelu"),
-    "sd2": TextEncoderConfig(vocab_size=1000, width=64, num_layers=3, num_heads=4, activation="gelu"),
+    "sd2": TextEncoderConfig(vocab_size=1000, width=48, num_layers=3, num_heads=3, activation="gelu"),
 }
 
 

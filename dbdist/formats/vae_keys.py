@@ -35,6 +35,7 @@ ORIGINAL_PREFIX is the original layout's prefix of every VAE key.
 """
 
 import dataclasses
+import re
 
 import keras
 import numpy as np
@@ -171,15 +172,25 @@ def key_map(model, model_config, layout):
     return decoder_key_map(model, model_config, layout)
 
 
-def canonical_tensors(tensors, layout):
-    """`tensors` ({key: array} of a VAE file) with legacy diffusers attention names made current.
+_ORIGINAL_ATTENTION_WEIGHT = re.compile(r"first_stage_model\.(en|de)coder\.mid\.attn_1\.(q|k|v|proj_out)\.weight")
 
-    Only the diffusers layout ever used them; other keys (and the original layout) pass unchanged.
+
+def canonical_tensors(tensors, layout):
+    """`tensors` ({key: array} of a VAE file) under key_map's names and shapes.
+
+    diffusers layout: the legacy attention names (query/key/value/proj_attn) made current.
+    Original layout: a mid attention weight stored as a Linear (C, C), as files converted from
+    diffusers by some tools hold it, made the (C, C, 1, 1) 1x1 convolution of SD's own files
+    (diffusers' single_file_utils accepts both: conv_attn_to_linear squeezes only ndim > 2).
+    Other keys pass unchanged.
     """
-    if layout != "diffusers":
-        return dict(tensors)
     renamed = {}
     for key, array in tensors.items():
+        if layout == "original":
+            if _ORIGINAL_ATTENTION_WEIGHT.fullmatch(key) and array.ndim == 2:
+                array = array.reshape(*array.shape, 1, 1)
+            renamed[key] = array
+            continue
         parts = key.rsplit(".", 2)  # ("encoder.mid_block.attentions.0", "query", "weight")
         if len(parts) == 3 and ".mid_block.attentions." in parts[0] and parts[1] in _LEGACY_ATTENTION_NAMES:
             key = f"{parts[0]}.{_LEGACY_ATTENTION_NAMES[parts[1]]}.{parts[2]}"
