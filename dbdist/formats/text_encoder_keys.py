@@ -187,8 +187,8 @@ _ACTIVATION = {"quick_gelu": "quick_gelu", "gelu": "gelu_erf"}
 
 def faithful_config(model_config):
     """`model_config` with the text encoder computing as transformers and OpenCLIP do: exact (erf) GELU
-    instead of keras-cv's tanh form (on the small SD 2.x fixture: 2.5e-6 from transformers' outputs
-    instead of 1.1e-3, of about 4). SD 1.x's quick-GELU is exact already."""
+    instead of keras-cv's tanh form (on the small SD 2.x fixture: 1.5e-6 from transformers' outputs
+    instead of 9.2e-4, of about 4). SD 1.x's quick-GELU is exact already."""
     c = model_config.text_encoder
     activation = "gelu_erf" if c.activation == "gelu" else c.activation
     return dataclasses.replace(model_config, text_encoder=dataclasses.replace(c, activation=activation))
