@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from dbdist.config import model_config
+from dbdist.errors import UserError
 from dbdist.formats import text_encoder_keys, tokenizer_files, vae_keys
 from dbdist.models import build_models
 from dbdist.text.tokenizer import ClipTokenizer
@@ -126,6 +127,27 @@ def test_vae_attention_in_other_tools_forms_loads(layout, reference, networks):
     np.testing.assert_allclose(np.asarray(encoder(reference["vae_pixels"])[0]), reference["vae_mean"], rtol=0, atol=ATOL)
 
 
+def test_configs_read_from_the_fixture_folders_are_the_fixtures_and_ours_read_back():
+    """diffusers' vae/config.json and transformers' text_encoder/config.json give the fixtures' dbdist configs,
+    computing as diffusers does; what dbdist writes (diffusers_config) reads back to the config it came from."""
+    def read(*parts):
+        with open(os.path.join(FIXTURES, *parts)) as f:
+            return json.load(f)
+
+    base = model_config("sd-v1")
+    assert vae_keys.config_from_diffusers(read("vae", "config.json"), base.vae) == small_config().vae
+    for kind in KINDS:
+        got = text_encoder_keys.config_from_diffusers(read(f"text_encoder_{kind}", "config.json"), base.text_encoder)
+        assert got == small_config(kind).text_encoder, kind
+        config = small_config(kind)
+        assert text_encoder_keys.config_from_diffusers(
+            text_encoder_keys.diffusers_config(config), base.text_encoder) == config.text_encoder
+    assert vae_keys.config_from_diffusers(vae_keys.diffusers_config(small_config()), base.vae) == small_config().vae
+    with pytest.raises(UserError, match=r"te/config\.json has hidden_act='relu'"):
+        text_encoder_keys.config_from_diffusers({**read("text_encoder_sd1", "config.json"), "hidden_act": "relu"},
+                                                base.text_encoder, "te/config.json")
+
+
 @pytest.fixture(scope="module")
 def tokenizer_record():
     with open(os.path.join(FIXTURES, "tokenizer.json")) as f:
@@ -151,6 +173,12 @@ def test_tokenizer_folder_gives_transformers_ids(tmp_path, vocab_path, tokenizer
         assert tokenizer.pad_token == tokenizer_record[f"{kind}_pad_token_id"]
         assert tokenizer.tokenize_batch(prompts).tolist() == expected
         assert [tokenizer.encode(p) for p in prompts] == [from_gz.encode(p) for p in prompts]
+
+
+def test_tokenizer_folder_without_merges_is_refused_naming_it(tmp_path):
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(UserError, match=f"tokenizer folder {tmp_path} has no merges.txt"):
+        tokenizer_files.load_tokenizer_folder(str(tmp_path))
 
 
 @pytest.mark.slow

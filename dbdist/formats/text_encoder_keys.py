@@ -28,7 +28,7 @@ Public:
   canonical_tensors(tensors, layout) -> the same tensors under the names key_map uses
   ignored_keys(model_config, layout) -> predicate: keys of a text encoder file that dbdist does not load
   diffusers_config(model_config) -> transformers' text_encoder/config.json for this tower
-  config_from_diffusers(config_json, text_encoder_config) -> the TextEncoderConfig such a config.json describes
+  config_from_diffusers(config_json, text_encoder_config[, source]) -> the TextEncoderConfig such a config.json describes
   faithful_config(model_config) -> model_config with OpenCLIP's exact GELU where the preset has keras-cv's tanh form
 """
 
@@ -37,6 +37,7 @@ import re
 
 import numpy as np
 
+from dbdist.errors import UserError
 from dbdist.formats import tensor_map
 from dbdist.models.text_encoder import EncoderLayer, TokenAndPositionEmbedding
 
@@ -194,17 +195,17 @@ def faithful_config(model_config):
     return dataclasses.replace(model_config, text_encoder=dataclasses.replace(c, activation=activation))
 
 
-def config_from_diffusers(config_json, text_encoder_config):
+def config_from_diffusers(config_json, text_encoder_config, source="text_encoder/config.json"):
     """`text_encoder_config` with the shapes and activation of transformers' text_encoder/config.json ({...})."""
     act = config_json.get("hidden_act", "quick_gelu")
     if act not in _ACTIVATION:
-        raise ValueError(f"text_encoder/config.json has hidden_act={act!r}; dbdist builds {sorted(_ACTIVATION)}")
+        raise UserError(f"{source} has hidden_act={act!r}; dbdist builds {sorted(_ACTIVATION)}")
     width = config_json["hidden_size"]
     if config_json.get("intermediate_size", 4 * width) != 4 * width:
-        raise ValueError(f"text_encoder/config.json has intermediate_size={config_json['intermediate_size']}; "
+        raise UserError(f"{source} has intermediate_size={config_json['intermediate_size']}; "
                          f"dbdist builds 4 x hidden_size = {4 * width}")
     if config_json.get("layer_norm_eps", 1e-5) != 1e-5:
-        raise ValueError(f"text_encoder/config.json has layer_norm_eps={config_json['layer_norm_eps']}; dbdist builds 1e-05")
+        raise UserError(f"{source} has layer_norm_eps={config_json['layer_norm_eps']}; dbdist builds 1e-05")
     return dataclasses.replace(
         text_encoder_config, vocab_size=config_json.get("vocab_size", 49408),
         max_length=config_json.get("max_position_embeddings", 77), width=width,

@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 
+from dbdist.errors import MissingInputError, UserError
 from dbdist.text.tokenizer import (END_OF_WORD, END_TEXT, START_TEXT, ClipTokenizer, byte_alphabet, parse_merges,
                                    read_merges)
 from dbdist.weights import remote_files
@@ -53,22 +54,22 @@ def _pad_token(folder):
 def load_tokenizer_folder(folder):
     """A ClipTokenizer from a tokenizer folder (local or gs://), padding as the folder says.
 
-    Raises ValueError naming the file when a file is missing or is not CLIP's vocabulary.
+    Raises UserError naming the file when a file is missing or is not CLIP's vocabulary.
     """
     paths = {name: os.path.join(folder, name) for name in (VOCAB_JSON, MERGES_TXT)}
     for name, path in paths.items():
         if not remote_files.exists(path):
-            raise ValueError(f"tokenizer folder {folder} has no {name}; expected transformers' CLIPTokenizer "
+            raise MissingInputError(f"tokenizer folder {folder} has no {name}; expected transformers' CLIPTokenizer "
                              f"files {VOCAB_JSON} and {MERGES_TXT}")
     merges = parse_merges(_read_text(paths[MERGES_TXT]), paths[MERGES_TXT])
     try:
         ids = json.loads(_read_text(paths[VOCAB_JSON]))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{paths[VOCAB_JSON]} is not JSON ({err}); expected CLIPTokenizer's {{piece: id}}") from err
+        raise UserError(f"{paths[VOCAB_JSON]} is not JSON ({err}); expected CLIPTokenizer's {{piece: id}}") from err
     _check_vocab(ids, merges, paths[VOCAB_JSON])
     pad = _pad_token(folder) or END_TEXT
     if pad not in ids:
-        raise ValueError(f"{folder}: pad token {pad!r} is not in {VOCAB_JSON}")
+        raise UserError(f"{folder}: pad token {pad!r} is not in {VOCAB_JSON}")
     return ClipTokenizer.from_merges(merges, ids, pad_token=ids[pad])
 
 
@@ -78,7 +79,7 @@ def _check_vocab(ids, merges, path):
     needed = [*alphabet, *(c + END_OF_WORD for c in alphabet), *("".join(m) for m in merges), START_TEXT, END_TEXT]
     missing = [piece for piece in needed if piece not in ids]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} of the pieces its merges make, the first {missing[0]!r}; "
+        raise UserError(f"{path} lacks {len(missing)} of the pieces its merges make, the first {missing[0]!r}; "
                          "expected the CLIP vocabulary that goes with merges.txt")
 
 

@@ -29,7 +29,7 @@ Public:
   key_map(model, model_config, layout): either, chosen by the model's outputs (two: the encoder)
   canonical_tensors(tensors, layout) -> the same tensors under the names key_map uses
   diffusers_config(model_config) -> diffusers' vae/config.json for this VAE
-  config_from_diffusers(config_json, vae_config) -> the VAEConfig such a config.json describes
+  config_from_diffusers(config_json, vae_config[, source]) -> the VAEConfig such a config.json describes
   faithful_config(model_config) -> model_config with the VAE computing as SD's own (GroupNorm epsilon 1e-6)
 ORIGINAL_PREFIX is the original layout's prefix of every VAE key.
 """
@@ -40,6 +40,7 @@ import re
 import keras
 import numpy as np
 
+from dbdist.errors import UserError
 from dbdist.formats import tensor_map
 from dbdist.models.vae_blocks import VAEAttention, VAEResBlock
 
@@ -230,19 +231,19 @@ def faithful_config(model_config):
     return dataclasses.replace(model_config, vae=dataclasses.replace(model_config.vae, norm_epsilon=ORIGINAL_NORM_EPSILON))
 
 
-def config_from_diffusers(config_json, vae_config):
+def config_from_diffusers(config_json, vae_config, source="vae/config.json"):
     """`vae_config` with the shapes of diffusers' vae/config.json ({...} as read) and SD's epsilon.
 
-    Raises ValueError for an AutoencoderKL dbdist does not build (other block types, activation).
+    Raises UserError for an AutoencoderKL dbdist does not build (other block types, activation).
     """
     expected = {"_class_name": "AutoencoderKL", "act_fn": "silu", "in_channels": 3, "out_channels": 3}
     for field, value in expected.items():
         if config_json.get(field, value) != value:
-            raise ValueError(f"vae/config.json has {field}={config_json[field]!r}; dbdist builds {value!r}")
+            raise UserError(f"{source} has {field}={config_json[field]!r}; dbdist builds {value!r}")
     levels = len(config_json["block_out_channels"])
     for field, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
         if list(config_json.get(field, [block] * levels)) != [block] * levels:
-            raise ValueError(f"vae/config.json has {field}={config_json[field]}; dbdist builds {[block] * levels}")
+            raise UserError(f"{source} has {field}={config_json[field]}; dbdist builds {[block] * levels}")
     return dataclasses.replace(
         vae_config, block_channels=tuple(config_json["block_out_channels"]),
         layers_per_block=config_json.get("layers_per_block", 1), latent_channels=config_json.get("latent_channels", 4),
