@@ -28,7 +28,7 @@ Public:
   canonical_tensors(tensors, layout) -> the same tensors under the names key_map uses
   ignored_keys(model_config, layout) -> predicate: keys of a text encoder file that dbdist does not load
   diffusers_config(model_config) -> transformers' text_encoder/config.json for this tower
-  config_from_diffusers(config_json, text_encoder_config[, source]) -> the TextEncoderConfig such a config.json describes
+  config_from_diffusers(config_json, text_encoder_config[, source]) -> the TextEncoderConfig it describes
   faithful_config(model_config) -> model_config with OpenCLIP's exact GELU where the preset has keras-cv's tanh form
 """
 

@@ -87,10 +87,12 @@ def _decoder_blocks(config):
                    for j in range(config.layers_per_block + 1)]
         if level != 0:
             blocks.append(("conv", f"decoder.up_blocks.{u}.upsamplers.0.conv", f"decoder.up.{level}.upsample.conv"))
-    return blocks + [("norm", "decoder.conv_norm_out", "decoder.norm_out"), ("conv", "decoder.conv_out", "decoder.conv_out")]
+    return blocks + [("norm", "decoder.conv_norm_out", "decoder.norm_out"),
+                     ("conv", "decoder.conv_out", "decoder.conv_out")]
 
 
-_KINDS = {"conv": keras.layers.Conv2D, "res": VAEResBlock, "attn": VAEAttention, "norm": keras.layers.GroupNormalization}
+_KINDS = {"conv": keras.layers.Conv2D, "res": VAEResBlock, "attn": VAEAttention,
+          "norm": keras.layers.GroupNormalization}
 
 
 def _same(array):
@@ -228,7 +230,8 @@ def faithful_config(model_config):
     For weights imported from a diffusers folder or a single file: with keras-cv's 1e-5 the small
     fixture's outputs differ from diffusers' by up to 5e-5 (of about 4), with 1e-6 by float round-off.
     """
-    return dataclasses.replace(model_config, vae=dataclasses.replace(model_config.vae, norm_epsilon=ORIGINAL_NORM_EPSILON))
+    vae = dataclasses.replace(model_config.vae, norm_epsilon=ORIGINAL_NORM_EPSILON)
+    return dataclasses.replace(model_config, vae=vae)
 
 
 def config_from_diffusers(config_json, vae_config, source="vae/config.json"):
