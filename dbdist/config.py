@@ -201,6 +201,10 @@ class TrainConfig:
     # Instance examples per step, over all replicas; each is paired with one class example.
     global_batch_size: int = 1
     prior_loss_weight: float = 1.0
+    # Offset noise: + noise_offset x N(0, 1) per example and latent channel (0: none).
+    noise_offset: float = 0.0
+    # min-SNR-gamma weighting of the instance loss (None: plain MSE); diffusers recommends 5.0.
+    snr_gamma: Optional[float] = None
     seed: int = 0
     log_every: int = 1
     # Steps run inside one tf.function call (fewer host round trips).
@@ -254,6 +258,10 @@ class RunConfig:
             raise UserError(f"global_batch_size must be >= 1, got {t.global_batch_size}")
         if t.prior_loss_weight < 0:
             raise UserError(f"prior_loss_weight must be >= 0, got {t.prior_loss_weight}")
+        if not 0 <= t.noise_offset < float("inf"):
+            raise UserError(f"noise_offset must be a finite number >= 0, got {t.noise_offset}")
+        if t.snr_gamma is not None and not 0 < t.snr_gamma < float("inf"):
+            raise UserError(f"snr_gamma must be a finite number > 0 when given, got {t.snr_gamma}")
         if self.optim.learning_rate < 0:
             raise UserError(f"learning_rate must be >= 0, got {self.optim.learning_rate}")
         for name in ("steps_per_loop", "grad_accum_steps", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -63,6 +63,8 @@ flags.DEFINE_float("lr_power", 1.0, "Exponent of --lr_schedule=polynomial's deca
 flags.DEFINE_float("weight_decay", 1e-2, "AdamW decoupled weight decay.")
 flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this global norm.")
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
+flags.DEFINE_float("noise_offset", 0.0, "Offset noise: add this x N(0, 1) per example and latent channel to the noise (diffusers' --noise_offset; 0: none).")
+flags.DEFINE_float("snr_gamma", None, "min-SNR-gamma weighting of the instance loss, as diffusers' --snr_gamma (5.0 recommended; unset: plain MSE).")
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
@@ -98,6 +100,8 @@ def _run_config(model, manifest):
             max_train_steps=FLAGS.max_train_steps,
             global_batch_size=FLAGS.global_batch_size,
             prior_loss_weight=FLAGS.prior_loss_weight,
+            noise_offset=FLAGS.noise_offset,
+            snr_gamma=FLAGS.snr_gamma,
             seed=FLAGS.seed,
             log_every=FLAGS.log_every,
             steps_per_loop=FLAGS.steps_per_loop,
@@ -255,6 +259,7 @@ def main(argv):
         noise=NoiseSpec(
             latent_shape=(config.model.latent_size, config.model.latent_size, config.model.vae.latent_channels),
             num_train_timesteps=config.model.schedule.num_train_timesteps,
+            noise_offset=train.noise_offset,
         ),
     )
     settings = LossSettings(
@@ -262,6 +267,7 @@ def main(argv):
         prior_loss_weight=train.prior_loss_weight if manifest.num_class else 0.0,
         scaling_factor=config.model.vae.scaling_factor,
         time_embedding_dim=config.model.unet.time_embedding_dim,
+        snr_gamma=train.snr_gamma,
     )
 
     # Stage 6: compile the inner loop.

@@ -24,8 +24,21 @@ _MUST_MATCH = (
     ("train", "seed"),
     ("train", "train_text_encoder"),
     ("train", "prior_loss_weight"),
+    ("train", "noise_offset"),
+    ("train", "snr_gamma"),
     ("runtime", "mixed_precision"),
 )
+# Settings added since runs were first recorded: a config.json without one ran with this value.
+_ABSENT_MEANS = {("train", "noise_offset"): 0.0, ("train", "snr_gamma"): None}
+
+
+def _setting(config: dict, path):
+    """The value at `path` of a config.json dict; a setting it predates reads as its value then."""
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return _ABSENT_MEANS.get(path)
+        config = config[key]
+    return config
 
 
 def check_resume_compatible(saved_config_path, new_config: dict):
@@ -34,9 +47,7 @@ def check_resume_compatible(saved_config_path, new_config: dict):
         saved = json.load(f)
     differences = []
     for path in _MUST_MATCH:
-        old, new = saved, new_config
-        for key in path:
-            old, new = old.get(key) if isinstance(old, dict) else None, new.get(key)
+        old, new = _setting(saved, path), _setting(new_config, path)
         if old != new:
             name = ".".join(path)
             if path == ("model",):
