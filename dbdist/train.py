@@ -214,7 +214,7 @@ def main(argv):
     model = common_flags.selected_model_config(FLAGS.resolution or manifest.resolution)
     check_compatible(
         manifest, preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape,
-        data_dir=FLAGS.data_dir,
+        pad_token_id=model.text_encoder.pad_token_id, data_dir=FLAGS.data_dir,
     )
     config = _run_config(model, manifest)
     train = config.train
