@@ -23,9 +23,11 @@ from absl import flags, logging
 from dbdist import common_flags, errors
 from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig
 from dbdist.data.augment import Augmentation
+from dbdist.data.example_noise import NoiseSpec
 from dbdist.data.manifest import check_compatible, read_manifest
 from dbdist.data.writer import write_bytes_atomically
 from dbdist.diffusion import NoiseSchedule
+from dbdist.diffusion.dreambooth_loss import LossSettings
 from dbdist.gcs_paths import check_buckets
 from dbdist.plots import plot_loss_curve
 from dbdist.training import cloud_env
@@ -33,7 +35,6 @@ from dbdist.training import input as train_input
 from dbdist.training import lost_worker
 from dbdist.training.checkpointing import Checkpoints, check_resume_compatible
 from dbdist.training.loop import make_train_loop
-from dbdist.training.loss import LossSettings
 from dbdist.training.loss_scale import DynamicLossScale
 from dbdist.training.metrics_log import MetricsLog, format_duration, read_metrics
 from dbdist.training.optimizer import build_optimizer
@@ -62,6 +63,8 @@ flags.DEFINE_float("lr_power", 1.0, "Exponent of --lr_schedule=polynomial's deca
 flags.DEFINE_float("weight_decay", 1e-2, "AdamW decoupled weight decay.")
 flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this global norm.")
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
+flags.DEFINE_float("noise_offset", 0.0, "Offset noise: add this x N(0, 1) per example and latent channel to the noise (diffusers' --noise_offset; 0: none).")
+flags.DEFINE_float("snr_gamma", None, "min-SNR-gamma weighting of the instance loss, as diffusers' --snr_gamma (5.0 recommended; unset: plain MSE).")
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
@@ -97,6 +100,8 @@ def _run_config(model, manifest):
             max_train_steps=FLAGS.max_train_steps,
             global_batch_size=FLAGS.global_batch_size,
             prior_loss_weight=FLAGS.prior_loss_weight,
+            noise_offset=FLAGS.noise_offset,
+            snr_gamma=FLAGS.snr_gamma,
             seed=FLAGS.seed,
             log_every=FLAGS.log_every,
             steps_per_loop=FLAGS.steps_per_loop,
@@ -209,7 +214,7 @@ def main(argv):
     model = common_flags.selected_model_config(FLAGS.resolution or manifest.resolution)
     check_compatible(
         manifest, preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape,
-        data_dir=FLAGS.data_dir,
+        pad_token_id=model.text_encoder.pad_token_id, data_dir=FLAGS.data_dir,
     )
     config = _run_config(model, manifest)
     train = config.train
@@ -245,20 +250,24 @@ def main(argv):
         manifest.num_instance, manifest.num_class, len(manifest.concepts), start_step, train.max_train_steps,
     )
 
-    # Stage 5: data, from the restored step's position.
+    # Stage 5: data, from the restored step's position, each example with its own noise;
+    # the pipeline counts micro-steps, so noise keys are step * accumulation + micro.
     dataset = train_input.distributed_dataset(
         strategy, FLAGS.data_dir, manifest, global_batch=train.global_batch_size, seed=train.seed,
         start_step=start_step * train.grad_accum_steps,
         augmentation=Augmentation(random_flip=config.data.random_flip, center_crop=config.data.center_crop),
+        noise=NoiseSpec(
+            latent_shape=(config.model.latent_size, config.model.latent_size, config.model.vae.latent_channels),
+            num_train_timesteps=config.model.schedule.num_train_timesteps,
+            noise_offset=train.noise_offset,
+        ),
     )
     settings = LossSettings(
         global_batch_size=train.global_batch_size * train.grad_accum_steps,
         prior_loss_weight=train.prior_loss_weight if manifest.num_class else 0.0,
         scaling_factor=config.model.vae.scaling_factor,
         time_embedding_dim=config.model.unet.time_embedding_dim,
-        seed=train.seed,
-        latent_shape=(config.model.latent_size, config.model.latent_size, config.model.vae.latent_channels),
-        num_train_timesteps=config.model.schedule.num_train_timesteps,
+        snr_gamma=train.snr_gamma,
     )
 
     # Stage 6: compile the inner loop.
