@@ -2,9 +2,9 @@
 
 from absl import logging
 
+from dbdist.formats import detect
 from dbdist.models import build_models
 from dbdist.weights import sources
-from dbdist.weights.keras_cv_h5 import load_keras_cv_h5
 
 # `tiny`'s weights are one fixed random draw, as if it were a published checkpoint. Not --seed:
 # make_tfrecords, train and generate run with different --seed values (data order, noise,
@@ -22,12 +22,15 @@ def load_networks(config, networks, weights_dir="", files=None):
     """
     files = files or {}
     models = build_models(config, networks, seed=RANDOM_INIT_SEED)
+    found = detect.weights_format(weights_dir) if weights_dir else None
     for network in networks:
-        path = files.get(network) or sources.resolve(config.preset, network, weights_dir)
         model = getattr(models, network)
+        if not files.get(network) and found in (detect.DIFFUSERS, detect.SINGLE_FILE):
+            detect.load_from_weights(model, network, config, weights_dir, found)
+            continue
+        path = files.get(network) or sources.resolve(config.preset, network, weights_dir)
         if path is None:
             logging.info("%s: random initialisation from seed %d (preset %s)", network, RANDOM_INIT_SEED, config.preset)
             continue
-        logging.info("%s: loading %s", network, path)
-        load_keras_cv_h5(model, path)
+        detect.load_file(model, network, config, path)  # .h5, or a .safetensors / diffusers unet/ for --unet_weights
     return models
