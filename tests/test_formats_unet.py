@@ -5,6 +5,8 @@ The fixtures are small random UNets of the SD 1.x and SD 2.x kinds built and run
 single files, with their outputs on fixed inputs.
 """
 
+import functools
+
 import numpy as np
 import pytest
 from formats_fixtures import DIFFUSERS_FIXTURES, FULL_SIZE, KINDS, fixture_config, outputs, read_key_shapes
@@ -15,7 +17,9 @@ from dbdist.formats import diffusers_folder, networks, safetensors_io, single_fi
 from dbdist.models.unet import build_unet
 
 
+@functools.cache
 def _unet(kind):
+    """One UNet per kind for the whole module (building takes most of a test's time); tests zero it first."""
     return build_unet(fixture_config(kind).unet)
 
 
@@ -61,8 +65,10 @@ def test_export_round_trip_is_bit_identical_and_has_the_fixture_keys(kind, tmp_p
     """import(export(x)) == x bit for bit, in both layouts; fp16 too, since the fixture's weights are fp16
     values. The exported keys and shapes are exactly those of diffusers' own files."""
     config = fixture_config(kind)
-    x, y = _unet(kind), _unet(kind)
-    single_file.load(x, "unet", config, str(DIFFUSERS_FIXTURES / f"{kind}.safetensors"))
+    unet = _unet(kind)
+    _zero(unet)
+    single_file.load(unet, "unet", config, str(DIFFUSERS_FIXTURES / f"{kind}.safetensors"))
+    x = _values(unet)
     files = {"diffusers": DIFFUSERS_FIXTURES / kind / "unet" / "diffusion_pytorch_model.safetensors",
              "original": DIFFUSERS_FIXTURES / f"{kind}.safetensors"}
     for layout, fixture_file in files.items():
@@ -70,13 +76,13 @@ def test_export_round_trip_is_bit_identical_and_has_the_fixture_keys(kind, tmp_p
         if layout == "original":
             header = {k: v for k, v in header.items() if k.startswith("model.diffusion_model.")}
         for dtype in (np.float32, np.float16):
-            tensors = networks.file_tensors(x, "unet", config, layout, dtype)
+            tensors = networks.file_tensors(unet, "unet", config, layout, dtype)
             assert {k: v.shape for k, v in tensors.items()} == {k: shape for k, (_, shape) in header.items()}
             path = tmp_path / f"{layout}-{np.dtype(dtype).name}.safetensors"
             safetensors_io.write(tensors, str(path))
-            _zero(y)
-            single_file.load(y, "unet", config, str(path))
-            for a, b in zip(_values(x), _values(y), strict=True):
+            _zero(unet)
+            single_file.load(unet, "unet", config, str(path))
+            for a, b in zip(x, _values(unet), strict=True):
                 assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
