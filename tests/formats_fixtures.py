@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dbdist.config import UNetConfig, model_config
+from dbdist.config import TextEncoderConfig, UNetConfig, model_config
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DIFFUSERS_FIXTURES = FIXTURES / "diffusers"
@@ -24,8 +24,12 @@ _UNETS = {
 
 
 def fixture_config(kind):
-    """A ModelConfig whose UNet has the fixture model's shapes (16x16 latents: 128 px at the VAE's 8x)."""
-    return dataclasses.replace(model_config("tiny"), preset=f"fixture-{kind}", resolution=128, unet=_UNETS[kind])
+    """A ModelConfig whose UNet has the fixture model's shapes (16x16 latents: 128 px at the VAE's 8x), with
+    tiny's VAE and a tiny text encoder as wide as the UNet's context (so an export is a consistent pipeline)."""
+    unet = _UNETS[kind]
+    text_encoder = TextEncoderConfig(width=unet.context_dim, num_layers=2, num_heads=2)
+    return dataclasses.replace(model_config("tiny"), preset=f"fixture-{kind}", resolution=128, unet=unet,
+                               text_encoder=text_encoder)
 
 
 def outputs(kind):
