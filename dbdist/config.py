@@ -208,6 +208,8 @@ class TrainConfig:
     # Micro-batches whose gradients are summed before one optimizer step.
     grad_accum_steps: int = 1
     train_text_encoder: bool = False
+    # dtype of export/model.safetensors: fp16 | bf16 | fp32 (export/diffusers/ is fp32).
+    export_dtype: str = "fp16"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     validation_every: int = 0
