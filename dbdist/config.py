@@ -35,6 +35,11 @@ class UNetConfig:
     # Groups of every GroupNormalization.
     norm_groups: int = 32
     latent_channels: int = 4
+    # keras-cv's maths (the presets): GEGLU with GELU's tanh form ("gelu") and 1e-5 in the transformers'
+    # GroupNorm. SD's own code and diffusers use the exact GELU ("gelu_erf") and 1e-6; weights imported
+    # from their files are run so (dbdist.formats.unet_keys.faithful_config).
+    geglu_activation: str = "gelu"
+    transformer_norm_epsilon: float = 1e-5
 
     @property
     def time_embedding_dim(self):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dbdist.config import TextEncoderConfig, UNetConfig, model_config
+from dbdist.formats import unet_keys
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DIFFUSERS_FIXTURES = FIXTURES / "diffusers"
@@ -23,13 +24,15 @@ _UNETS = {
 }
 
 
-def fixture_config(kind):
+def fixture_config(kind, faithful=True):
     """A ModelConfig whose UNet has the fixture model's shapes (16x16 latents: 128 px at the VAE's 8x), with
-    tiny's VAE and a tiny text encoder as wide as the UNet's context (so an export is a consistent pipeline)."""
+    tiny's VAE and a tiny text encoder as wide as the UNet's context (so an export is a consistent pipeline).
+    `faithful`: the UNet computes as diffusers' (as dbdist runs imported weights), else with keras-cv's maths."""
     unet = _UNETS[kind]
     text_encoder = TextEncoderConfig(width=unet.context_dim, num_layers=2, num_heads=2)
-    return dataclasses.replace(model_config("tiny"), preset=f"fixture-{kind}", resolution=128, unet=unet,
-                               text_encoder=text_encoder)
+    config = dataclasses.replace(model_config("tiny"), preset=f"fixture-{kind}", resolution=128, unet=unet,
+                                 text_encoder=text_encoder)
+    return unet_keys.faithful_config(config) if faithful else config
 
 
 def outputs(kind):

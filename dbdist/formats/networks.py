@@ -46,6 +46,15 @@ def canonical_tensors(network, tensors, layout):
     return canonical(tensors, layout) if canonical else tensors
 
 
+def faithful_config(model_config):
+    """`model_config` with every network computing as SD's own code and diffusers do, where a key map
+    module says how (its `faithful_config`): for weights imported from their files."""
+    for module in dict.fromkeys(fmt.module for fmt in NETWORK_FORMATS.values()):
+        faithful = getattr(importlib.import_module(module), "faithful_config", None)
+        model_config = faithful(model_config) if faithful else model_config
+    return model_config
+
+
 def diffusers_config(network, model_config):
     """The component's config.json (diffusers' or transformers')."""
     return _module(network).diffusers_config(model_config)

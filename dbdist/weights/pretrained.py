@@ -3,6 +3,7 @@
 from absl import logging
 
 from dbdist.formats import detect
+from dbdist.formats.networks import faithful_config
 from dbdist.models import build_models
 from dbdist.weights import sources
 
@@ -21,8 +22,11 @@ def load_networks(config, networks, weights_dir="", files=None):
     initialisation (RANDOM_INIT_SEED).
     """
     files = files or {}
-    models = build_models(config, networks, seed=RANDOM_INIT_SEED)
     found = detect.weights_format(weights_dir) if weights_dir else None
+    if found in (detect.DIFFUSERS, detect.SINGLE_FILE):
+        # Weights from SD's own tools run with their maths (exact GELU, their norm epsilons), not keras-cv's.
+        config = faithful_config(config)
+    models = build_models(config, networks, seed=RANDOM_INIT_SEED)
     for network in networks:
         model = getattr(models, network)
         if not files.get(network) and found in (detect.DIFFUSERS, detect.SINGLE_FILE):
