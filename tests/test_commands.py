@@ -170,6 +170,6 @@ def test_train_exports_a_diffusers_folder_and_a_single_file_that_generate_reads(
     image = {name: np.asarray(Image.open(tmp_path / name / "image_000.png")).astype(int)
              for name in ("run", "diffusers", "single")}
     # Imported weights run with diffusers' maths (exact GELU, SD's norm epsilons; the run used keras-cv's), and
-    # the single file holds fp16 weights: measured up to MAX_LEVELS apart of 255; a wrong network is ~100 apart.
+    # the single file holds fp16 weights: measured at most 1 level of 255 apart from the run's image for both.
     for name in ("diffusers", "single"):
-        assert np.abs(image["run"] - image[name]).max() <= 8, name
+        assert np.abs(image["run"] - image[name]).max() <= 2, name
