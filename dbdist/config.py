@@ -227,7 +227,7 @@ class RuntimeConfig:
 
     strategy: str = "one_device"
     mixed_precision: str = "no"
-    # Directory (local or gs://) with keras-cv .h5 files; "" = published files.
+    # keras-cv .h5 directory, diffusers folder or single .safetensors (local or gs://); "" = published files.
     weights: str = ""
     # Initial dynamic loss scale for fp16.
     initial_loss_scale: float = 2.0**15
