@@ -309,16 +309,17 @@ def main(argv):
         save_keras_cv_h5(state.unet, os.path.join(export_dir, "unet.h5"))
         if state.text_encoder is not None:
             save_keras_cv_h5(state.text_encoder, os.path.join(export_dir, "text_encoder.h5"))
-        _export_other_formats(config, state, export_dir)
+        _export_other_formats(config, state.unet, state.text_encoder, export_dir)
         records = read_metrics(os.path.join(train.output_dir, "metrics.jsonl"))
         if records:
             plot_loss_curve(records, os.path.join(train.output_dir, "loss_curve.png"))
         logging.info("exported %s", export_dir)
 
 
-def _export_other_formats(config, state, export_dir):
-    """export/diffusers/ and export/model.safetensors, beside the keras-cv files (dbdist/formats/export.py)."""
-    trained = {"unet": state.unet, **({"text_encoder": state.text_encoder} if state.text_encoder is not None else {})}
+def _export_other_formats(config, unet, text_encoder, export_dir):
+    """export/diffusers/ and export/model.safetensors, beside the keras-cv files (dbdist/formats/export.py).
+    Engine-free: any engine passes its trained Keras networks (text_encoder None when not trained)."""
+    trained = {"unet": unet, **({"text_encoder": text_encoder} if text_encoder is not None else {})}
     export_formats(export_dir, config.model, trained, weights=config.runtime.weights, vocab_path=FLAGS.vocab_path,
                    export_dtype=config.train.export_dtype)
 
