@@ -170,12 +170,21 @@ def key_map(unet, model_config, layout):
             keys += tensor_map.conv(layer, prefix)
         else:
             keys += tensor_map.norm(layer, prefix)
-    covered = {id(k.variable) for k in keys}
-    # LoRA adapters (dbdist/lora) are not UNet weights: their files are their own.
-    missing = [v.path for v in unet.weights if id(v) not in covered and "lora" not in v.path]
-    if missing or len(covered) != len(keys):
-        raise AssertionError(f"UNet key map covers variables twice or misses {missing[:3]}")
+    _check_covers(unet, keys)
     return keys
+
+
+def _check_covers(unet, keys):
+    """Every weight of `unet` has exactly one key. Under LoRA (Keras' `enable_lora`, dbdist/lora) a Dense's
+    `kernel` is its stored kernel plus the adapters' product, so it is exported merged; the adapters
+    themselves are not UNet weights (their file is their own)."""
+    covered = {id(k.variable) for k in keys}
+    if len(covered) != len(keys):
+        raise AssertionError("UNet key map gives a variable two keys")
+    covered |= {id(layer._kernel) for layer in unet._flatten_layers() if getattr(layer, "lora_enabled", False)}
+    missing = [v.path for v in unet.weights if id(v) not in covered and not v.path.endswith(("lora_kernel_a", "lora_kernel_b"))]
+    if missing:
+        raise AssertionError(f"UNet key map misses {missing[:3]}")
 
 
 def attention_projections(unet, model_config):
