@@ -5,7 +5,8 @@ How to run (the tiny demo; see README for sd-v1 on a GPU, launch/ for TPU VMs an
       --model=tiny --max_train_steps=100 --learning_rate=1e-4 --strategy=mirrored --num_cpu_devices=2
 What to expect: a progress line every --log_every steps (step, loss, img/s, ETA),
 then in output_dir: config.json, metrics.jsonl, tensorboard/, checkpoints/,
-loss_curve.png and export/unet.h5 (keras-cv layout). Running the same command
+loss_curve.png, export/unet.h5 (keras-cv layout), export/diffusers/ and export/model.safetensors
+(dbdist/formats/export.py). Running the same command
 again resumes from the newest checkpoint.
 """
 
@@ -28,6 +29,7 @@ from dbdist.data.manifest import check_compatible, read_manifest
 from dbdist.data.writer import write_bytes_atomically
 from dbdist.diffusion import NoiseSchedule
 from dbdist.diffusion.dreambooth_loss import LossSettings
+from dbdist.formats.export import EXPORT_DTYPES, export_formats
 from dbdist.gcs_paths import check_buckets
 from dbdist.plots import plot_loss_curve
 from dbdist.training import cloud_env
@@ -67,6 +69,7 @@ flags.DEFINE_float("noise_offset", 0.0, "Offset noise: add this x N(0, 1) per ex
 flags.DEFINE_float("snr_gamma", None, "min-SNR-gamma weighting of the instance loss, as diffusers' --snr_gamma (5.0 recommended; unset: plain MSE).")
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
+flags.DEFINE_enum("export_dtype", "fp16", sorted(EXPORT_DTYPES), "dtype of export/model.safetensors (the single file).")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps (a multiple of --steps_per_loop).")
@@ -107,6 +110,7 @@ def _run_config(model, manifest):
             steps_per_loop=FLAGS.steps_per_loop,
             grad_accum_steps=FLAGS.grad_accum_steps,
             train_text_encoder=FLAGS.train_text_encoder,
+            export_dtype=FLAGS.export_dtype,
             checkpoint_every=FLAGS.checkpoint_every,
             keep_checkpoints=FLAGS.keep_checkpoints,
             validation_every=FLAGS.validation_every,
@@ -314,10 +318,19 @@ def main(argv):
         save_keras_cv_h5(state.unet, os.path.join(export_dir, "unet.h5"))
         if state.text_encoder is not None:
             save_keras_cv_h5(state.text_encoder, os.path.join(export_dir, "text_encoder.h5"))
+        _export_other_formats(config, state.unet, state.text_encoder, export_dir)
         records = read_metrics(os.path.join(train.output_dir, "metrics.jsonl"))
         if records:
             plot_loss_curve(records, os.path.join(train.output_dir, "loss_curve.png"))
         logging.info("exported %s", export_dir)
+
+
+def _export_other_formats(config, unet, text_encoder, export_dir):
+    """export/diffusers/ and export/model.safetensors, beside the keras-cv files (dbdist/formats/export.py).
+    Engine-free: any engine passes its trained Keras networks (text_encoder None when not trained)."""
+    trained = {"unet": unet, **({"text_encoder": text_encoder} if text_encoder is not None else {})}
+    export_formats(export_dir, config.model, trained, weights=config.runtime.weights, vocab_path=FLAGS.vocab_path,
+                   export_dtype=config.train.export_dtype)
 
 
 def _steps_in_next_loop(step, train):
