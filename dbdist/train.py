@@ -25,13 +25,14 @@ from absl import flags, logging
 from dbdist import common_flags, errors
 from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig
 from dbdist.data.augment import Augmentation
+from dbdist.data.example_noise import NoiseSpec
 from dbdist.data.manifest import check_compatible, read_manifest
 from dbdist.data.writer import write_bytes_atomically
+from dbdist.diffusion.dreambooth_loss import LossSettings
 from dbdist.gcs_paths import check_buckets
 from dbdist.plots import plot_loss_curve
 from dbdist.training import cloud_env
 from dbdist.training.checkpointing import check_resume_compatible, check_same_engine
-from dbdist.training.loss import LossSettings
 from dbdist.training.metrics_log import MetricsLog, format_duration, read_metrics
 from dbdist.training.preemption import Preempted, PreemptionWatcher
 from dbdist.training.schedules import SCHEDULES
@@ -245,20 +246,22 @@ def main(argv):
         manifest.num_instance, manifest.num_class, len(manifest.concepts), start_step, train.max_train_steps,
     )
 
-    # Stage 5: data, from the restored step's position.
+    # Stage 5: data, from the restored step's position, each example with its own noise;
+    # the pipeline counts micro-steps, so noise keys are step * accumulation + micro.
     iterator = engine.batches(
         FLAGS.data_dir, manifest, global_batch=train.global_batch_size, grad_accum_steps=train.grad_accum_steps,
         seed=train.seed, start_step=start_step,
         augmentation=Augmentation(random_flip=config.data.random_flip, center_crop=config.data.center_crop),
+        noise=NoiseSpec(
+            latent_shape=(config.model.latent_size, config.model.latent_size, config.model.vae.latent_channels),
+            num_train_timesteps=config.model.schedule.num_train_timesteps,
+        ),
     )
     settings = LossSettings(
         global_batch_size=train.global_batch_size * train.grad_accum_steps,
         prior_loss_weight=train.prior_loss_weight if manifest.num_class else 0.0,
         scaling_factor=config.model.vae.scaling_factor,
         time_embedding_dim=config.model.unet.time_embedding_dim,
-        seed=train.seed,
-        latent_shape=(config.model.latent_size, config.model.latent_size, config.model.vae.latent_channels),
-        num_train_timesteps=config.model.schedule.num_train_timesteps,
     )
 
     # Stage 6: compile the step (TF: the inner loop of --steps_per_loop steps).
