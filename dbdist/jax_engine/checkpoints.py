@@ -8,11 +8,20 @@ finalises last, so a process killed while saving leaves no checkpoint that looks
 Every process calls save() and restore() (orbax writes each array once, from one process).
 """
 
+import logging as python_logging
 import os
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+
+class _OrbaxInfoHidden(python_logging.Filter):
+    """Orbax logs ~25 INFO lines per save through absl; they show from --verbosity=1 (as TensorFlow's logs)."""
+
+    def filter(self, record):
+        return (record.levelno >= python_logging.WARNING or logging.get_verbosity() >= 1
+                or f"{os.sep}orbax{os.sep}" not in record.pathname)
 
 
 def _absolute(path):
@@ -23,6 +32,9 @@ class Checkpoints:
     """Saves and restores a TrainState pytree under `output_dir/checkpoints`."""
 
     def __init__(self, output_dir, keep):
+        handler = logging.get_absl_handler()  # every logger's records end there, orbax's too
+        if not any(isinstance(f, _OrbaxInfoHidden) for f in handler.filters):
+            handler.addFilter(_OrbaxInfoHidden())
         self.directory = _absolute(os.path.join(str(output_dir), "checkpoints"))
         self.manager = ocp.CheckpointManager(
             self.directory,
