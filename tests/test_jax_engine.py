@@ -11,7 +11,8 @@ Tolerances (measured values in the test that asserts each):
 - 2 devices vs 1 (JAX): XLA splits the batch's sums differently, so round-off only: weights 2e-6
   absolute, losses and grad_norm relative 1e-5 (as the TF engine's mirrored-vs-one-device test).
 - JAX vs TF engine: other convolution and matmul kernels (XLA vs oneDNN/Eigen), the same formulas:
-  losses and grad_norm relative 1e-5 step by step (issue 11), exported weights 1e-5 absolute.
+  losses and grad_norm relative 1e-5 step by step (issue 11; measured 5.3e-7), exported weights 5e-6
+  absolute (measured 4.8e-7: CPU kernels may differ between machines, hence the margin).
 - A resumed JAX run on the same devices: bit-identical weights and metrics.
 """
 
@@ -38,7 +39,7 @@ FLAGS = dict(
 )
 JAX_ENV = {"JAX_PLATFORMS": "cpu"}
 DEVICE_TOLERANCE = 2e-6
-ENGINE_TOLERANCE = 1e-5
+ENGINE_TOLERANCE = 5e-6
 METRICS_RTOL = 1e-5
 
 
