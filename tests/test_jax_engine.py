@@ -117,12 +117,14 @@ def test_jax_engine_matches_the_tf_engine(runs):
         difference = _max_difference(runs["jax"], runs["tf"], name)
         print(f"[jax vs tf] {name}: max|dw| = {difference:.3g}")
         assert difference <= ENGINE_TOLERANCE
-    # The weights moved far more than the tolerance: the comparison sees training.
+    # Training moved the weights far more than the engines differ (6 AdamW steps at <= 1e-4: ~3e-4).
     from dbdist.weights.keras_cv_h5 import read_layer_arrays
 
     trained = exported_arrays(runs["jax"])
     start = [a for _, arrays in read_layer_arrays(pathlib.Path(config["runtime"]["weights"]) / "unet.h5") for a in arrays]
-    assert max(float(np.abs(x - y).max()) for x, y in zip(trained, start)) > 100 * ENGINE_TOLERANCE
+    moved = max(float(np.abs(x - y).max()) for x, y in zip(trained, start))
+    print(f"[jax vs tf] the UNet's weights moved up to {moved:.3g}")
+    assert moved > 20 * ENGINE_TOLERANCE
     assert (runs["jax"] / "loss_curve.png").exists() and list((runs["jax"] / "tensorboard").iterdir())
 
 
