@@ -14,19 +14,19 @@ from dbdist.weights import sources
 RANDOM_INIT_SEED = 0
 
 
-def load_networks(config, networks, weights_dir="", files=None):
+def load_networks(config, networks, weights_dir="", files=None, gradient_checkpointing=False):
     """StableDiffusionModels with `networks` built and loaded.
 
     Order: an explicit file in `files` ({network: path}), else `weights_dir`,
     else keras-cv's published file; `tiny` without either keeps its fixed random
-    initialisation (RANDOM_INIT_SEED).
+    initialisation (RANDOM_INIT_SEED). `gradient_checkpointing`: see build_unet.
     """
     files = files or {}
     found = detect.weights_format(weights_dir) if weights_dir else None
     if found in (detect.DIFFUSERS, detect.SINGLE_FILE):
         # Weights from SD's own tools run with their maths (exact GELU, their norm epsilons), not keras-cv's.
         config = faithful_config(config)
-    models = build_models(config, networks, seed=RANDOM_INIT_SEED)
+    models = build_models(config, networks, seed=RANDOM_INIT_SEED, gradient_checkpointing=gradient_checkpointing)
     for network in networks:
         model = getattr(models, network)
         if not files.get(network) and found in (detect.DIFFUSERS, detect.SINGLE_FILE):
