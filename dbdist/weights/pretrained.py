@@ -13,15 +13,15 @@ from dbdist.weights.keras_cv_h5 import load_keras_cv_h5
 RANDOM_INIT_SEED = 0
 
 
-def load_networks(config, networks, weights_dir="", files=None):
+def load_networks(config, networks, weights_dir="", files=None, gradient_checkpointing=False):
     """StableDiffusionModels with `networks` built and loaded.
 
     Order: an explicit file in `files` ({network: path}), else `weights_dir`,
     else keras-cv's published file; `tiny` without either keeps its fixed random
-    initialisation (RANDOM_INIT_SEED).
+    initialisation (RANDOM_INIT_SEED). `gradient_checkpointing`: see build_unet.
     """
     files = files or {}
-    models = build_models(config, networks, seed=RANDOM_INIT_SEED)
+    models = build_models(config, networks, seed=RANDOM_INIT_SEED, gradient_checkpointing=gradient_checkpointing)
     for network in networks:
         path = files.get(network) or sources.resolve(config.preset, network, weights_dir)
         model = getattr(models, network)
