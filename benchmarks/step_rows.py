@@ -136,3 +136,46 @@ def write_json(path, report):
     with open(temporary, "w") as f:
         json.dump(report, f, indent=1)
     os.replace(temporary, path)
+
+
+def side_by_side(peer, ours):
+    """One markdown table of the two reports, row by row (rows missing from either show '-')."""
+    peer_rows = {r["row"]: r for r in peer.get("rows", [])}
+    our_rows = {r["row"]: r for r in ours.get("rows", [])}
+    names = list(dict.fromkeys([*our_rows, *peer_rows]))
+
+    def speed(r):
+        return None if r is None or "skipped" in r else r["images_per_sec"]
+
+    def mfu(r):
+        return "-" if speed(r) is None or r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+
+    def gib(r):
+        return "-" if speed(r) is None else _cell(r["peak_memory_gib"], ".1f")
+
+    lines = [f"peer: {peer.get('engine', '?')} on {peer.get('device', '?')}; "
+             f"dbdist: {ours.get('engine', '?')} on {ours.get('device', '?')}; "
+             f"{ours.get('model', peer.get('model'))} at {ours.get('resolution', peer.get('resolution'))} px", "",
+             "| row | UNet batch | peer img/s | dbdist img/s | ratio | MFU peer / dbdist | peak GiB peer / dbdist | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        p, o = peer_rows.get(name), our_rows.get(name)
+        ps, os_ = speed(p), speed(o)
+        ratio = f"{os_ / ps:.2f}x" if ps and os_ else "-"
+        notes = (o or p)["notes"]
+        for who, r in (("peer", p), ("dbdist", o)):
+            if r is not None and "skipped" in r:
+                notes += f"; {who} skipped: {r['skipped']}"
+        lines.append(f"| {name} | {(o or p)['batch']} | {'-' if ps is None else f'{ps:.1f}'} | "
+                     f"{'-' if os_ is None else f'{os_:.1f}'} | {ratio} | {mfu(p)} / {mfu(o)} | {gib(p)} / {gib(o)} | "
+                     f"{notes} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python benchmarks/step_rows.py PEER.json DBDIST.json  (prints the side-by-side table)")
+    with open(sys.argv[1]) as f_peer, open(sys.argv[2]) as f_ours:
+        print(side_by_side(json.load(f_peer), json.load(f_ours)))
