@@ -75,12 +75,13 @@ def _one_row():
 
     from dbdist.config import OptimConfig, model_config, with_resolution
     from dbdist.data.manifest import read_manifest
+    from dbdist.data.example_noise import NoiseSpec
     from dbdist.data.reader import make_train_dataset
     from dbdist.diffusion import NoiseSchedule
+    from dbdist.diffusion.dreambooth_loss import LossSettings
     from dbdist.models import build_models
     from dbdist.training import input as train_input
     from dbdist.training.loop import make_train_loop
-    from dbdist.training.loss import LossSettings
     from dbdist.training.optimizer import build_optimizer
     from dbdist.training.step import TrainState
     from dbdist.training.strategy import make_strategy
@@ -92,8 +93,9 @@ def _one_row():
     _write_records(data_dir, model)
     manifest = read_manifest(data_dir)
 
-    # The input pipeline alone: records/s the trainer could be fed.
-    dataset = make_train_dataset(data_dir, manifest, per_replica_batch=FLAGS.global_batch_size, seed=0)
+    # The input pipeline alone: records/s the trainer could be fed, with each example's noise.
+    noise = NoiseSpec(latent_shape=(model.latent_size, model.latent_size, model.vae.latent_channels))
+    dataset = make_train_dataset(data_dir, manifest, per_replica_batch=FLAGS.global_batch_size, seed=0, noise=noise)
     iterator = iter(dataset)
     next(iterator)
     start, batches = time.perf_counter(), 200
@@ -107,12 +109,10 @@ def _one_row():
         optimizer = build_optimizer(OptimConfig())
         optimizer.build(models.unet.trainable_variables)
         state = TrainState(models.unet, models.vae_encoder, optimizer, NoiseSchedule(), tf.Variable(0, dtype=tf.int64))
-    settings = LossSettings(
-        FLAGS.global_batch_size, 1.0, model.vae.scaling_factor, model.unet.time_embedding_dim, 0,
-        latent_shape=(model.latent_size, model.latent_size, model.vae.latent_channels),
-    )
+    settings = LossSettings(FLAGS.global_batch_size, 1.0, model.vae.scaling_factor, model.unet.time_embedding_dim)
     loop = make_train_loop(strategy, state, settings, max_grad_norm=1.0, jit_compile=FLAGS.jit_compile)
-    iterator = iter(train_input.distributed_dataset(strategy, data_dir, manifest, global_batch=FLAGS.global_batch_size, seed=0))
+    iterator = iter(train_input.distributed_dataset(
+        strategy, data_dir, manifest, global_batch=FLAGS.global_batch_size, seed=0, noise=noise))
     start = time.perf_counter()
     loop(iterator, tf.constant(FLAGS.steps_per_loop))["loss"].numpy()
     compile_seconds = time.perf_counter() - start

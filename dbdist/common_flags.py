@@ -2,9 +2,8 @@
 
 from absl import flags
 
-from dbdist.config import MODEL_PRESETS, model_config, with_resolution
+from dbdist.config import JAX_STRATEGIES, MODEL_PRESETS, TF_STRATEGIES, model_config, with_resolution
 from dbdist.flag_checks import require  # noqa: F401 (the commands call common_flags.require)
-from dbdist.training.strategy import STRATEGIES
 
 MODEL = flags.DEFINE_enum("model", "tiny", sorted(MODEL_PRESETS), "Model preset: tiny (64 px, random weights, CPU), sd-v1 (SD 1.4/1.5), sd-v2 (SD 2.1).")
 WEIGHTS = flags.DEFINE_string(
@@ -26,7 +25,10 @@ UNET_WEIGHTS = flags.DEFINE_string(
 )
 
 # Strategy flags: train replicates the train step, make_tfrecords the class-image sampler.
-STRATEGY = flags.DEFINE_enum("strategy", "one_device", STRATEGIES, "tf.distribute strategy.")
+STRATEGY = flags.DEFINE_enum(
+    "strategy", "one_device", list(dict.fromkeys(TF_STRATEGIES + JAX_STRATEGIES)),
+    "TF engine: a tf.distribute strategy (one_device, mirrored, multi_worker, tpu); JAX engine (train only): "
+    "one_device or data_parallel (every device of every process).")
 NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices (mirrored on a laptop).")
 TPU = flags.DEFINE_string("tpu", "local", "With --strategy=tpu: 'local' on a TPU VM, a TPU name, or grpc://host:8470.")
 RANDOM_FLIP = flags.DEFINE_bool(

@@ -212,12 +212,24 @@ class TrainConfig:
     keep_checkpoints: int = 3
     validation_every: int = 0
     validation_prompt: str = ""
+    # Recompute the UNet blocks' activations in the backward pass instead of keeping them (JAX engine).
+    gradient_checkpointing: bool = False
+
+
+# --strategy values of each engine (dbdist/training/strategy.py, dbdist/jax_engine/mesh.py).
+TF_STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+JAX_STRATEGIES = ("one_device", "data_parallel")
+ENGINE_STRATEGIES = {"tf": TF_STRATEGIES, "jax": JAX_STRATEGIES}
+ENGINE_NAMES = {"tf": "TF engine", "jax": "JAX engine"}
+ENGINE_BACKENDS = {"tf": "tensorflow", "jax": "jax"}  # the Keras backend (KERAS_BACKEND) of each engine
 
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     """How the run is placed on hardware."""
 
+    # Which engine trains: "tf" (dbdist/training/) or "jax" (dbdist/jax_engine/), from Keras' backend.
+    engine: str = "tf"
     strategy: str = "one_device"
     mixed_precision: str = "no"
     # Directory (local or gs://) with keras-cv .h5 files; "" = published files.
@@ -275,9 +287,23 @@ class RunConfig:
             raise UserError("validation_every needs a validation_prompt")
         if r.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
-        if r.strategy not in ("one_device", "mirrored", "multi_worker", "tpu"):
-            raise UserError(f"strategy must be one_device, mirrored, multi_worker or tpu, got {r.strategy!r}")
+        self._validate_engine()
         return self
+
+    def _validate_engine(self):
+        r = self.runtime
+        if r.engine not in ENGINE_STRATEGIES:
+            raise UserError(f"engine must be one of {sorted(ENGINE_STRATEGIES)}, got {r.engine!r}")
+        name, takes = ENGINE_NAMES[r.engine], ENGINE_STRATEGIES[r.engine]
+        if r.strategy not in takes:
+            owners = [ENGINE_NAMES[e] for e, strategies in ENGINE_STRATEGIES.items() if r.strategy in strategies]
+            what = f" is a {owners[0]} strategy;" if owners else ":"
+            raise UserError(f"--strategy={r.strategy}{what} the {name} takes {', '.join(takes)}")
+        if r.engine == "jax" and r.mixed_precision == "fp16":
+            raise UserError("--mixed_precision=fp16 is not supported by the JAX engine (no loss scaling there); "
+                            "use bf16 (fp32 master weights) or no")
+        if r.engine == "tf" and self.train.gradient_checkpointing:
+            raise UserError("--gradient_checkpointing is supported by the JAX engine only (KERAS_BACKEND=jax or --engine=jax)")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -22,7 +22,8 @@ from dbdist.data.reader import CorruptShardError, make_train_dataset, read_all_e
 from dbdist.models import build_models
 from dbdist.sampling import Sampler
 from dbdist.weights.pretrained import RANDOM_INIT_SEED
-from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
+from dbdist.data.example_noise import NoiseSpec, with_noise
+from dbdist.diffusion.dreambooth_loss import LossSettings, dreambooth_loss
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 
 GENERATED = re.compile(r"class-\d{5}-[0-9a-f]{10}\.png")
@@ -216,14 +217,14 @@ def test_cached_latents_draw_a_fresh_latent_every_step(latents_dir):
     (batch,) = make_train_dataset(latents_dir, m, per_replica_batch=3, seed=0).take(1)
     means = np.concatenate([batch[features.INSTANCE_LATENT_MEAN], batch[features.CLASS_LATENT_MEAN]])
     logvars = np.concatenate([batch[features.INSTANCE_LATENT_LOGVAR], batch[features.CLASS_LATENT_LOGVAR]])
-    settings = LossSettings(global_batch_size=3, prior_loss_weight=1.0, scaling_factor=0.18215,
-                            time_embedding_dim=32, seed=0, latent_shape=m.latent_shape)
+    settings = LossSettings(global_batch_size=3, prior_loss_weight=1.0, scaling_factor=0.18215, time_embedding_dim=32)
     sampled = []
     for step in (0, 1):
         unet = _CapturingUnet()
-        randomness = draw_randomness(batch, step, settings)
-        dreambooth_loss(unet, None, _NoNoise(), batch, randomness, settings)
-        expected = (means + np.exp(0.5 * logvars) * np.asarray(randomness["vae_noise"])) * 0.18215
+        noisy_batch = with_noise(batch, NoiseSpec(m.latent_shape), seed=0, step=step)  # as the pipeline draws it
+        dreambooth_loss(unet, None, _NoNoise(), noisy_batch, settings)
+        vae_noise = np.concatenate([noisy_batch[features.INSTANCE_VAE_NOISE], noisy_batch[features.CLASS_VAE_NOISE]])
+        expected = (means + np.exp(0.5 * logvars) * vae_noise) * 0.18215
         # float32 arithmetic on values of order 1: equal to rounding.
         np.testing.assert_allclose(unet.latents, expected, atol=1e-5)
         sampled.append(unet.latents)

@@ -10,18 +10,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dbdist.config import JAX_STRATEGIES
 from dbdist.errors import UserError
 
-STRATEGIES = ("one_device", "data_parallel")
+STRATEGIES = JAX_STRATEGIES
 DATA_AXIS = "data"
 
 
 def check_strategy(name):
     if name not in STRATEGIES:
-        raise UserError(
-            f"--strategy={name} is a TensorFlow-engine strategy; the JAX engine takes {' or '.join(STRATEGIES)} "
-            "(data_parallel spans every GPU/TPU chip of every host)"
-        )
+        raise UserError(f"--strategy={name}: the JAX engine takes {', '.join(STRATEGIES)}")
 
 
 def start_devices(num_cpu_devices=0, distributed=False, coordinator_address="", num_processes=0, process_id=-1):

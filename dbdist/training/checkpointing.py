@@ -12,6 +12,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from dbdist.config import ENGINE_BACKENDS, ENGINE_NAMES
 from dbdist.errors import UserError
 from dbdist.training.strategy import worker_scratch_dir
 
@@ -47,6 +48,23 @@ def check_resume_compatible(saved_config_path, new_config: dict):
         raise UserError(
             f"cannot resume {os.path.dirname(saved_config_path)}: " + "; ".join(differences)
             + ". Use a new --output_dir, or the settings it was started with."
+        )
+
+
+def check_same_engine(saved_config_path, engine):
+    """Raises UserError naming both engines if the run in this folder was trained by the other one.
+
+    Each engine reads only its own checkpoints (tf.train's files, orbax's step folders), so a
+    run resumed under the other engine would otherwise start again from step 0 beside them.
+    Runs saved before there were two engines were trained by the TF engine.
+    """
+    with tf.io.gfile.GFile(saved_config_path) as f:
+        saved = json.load(f).get("runtime", {}).get("engine", "tf")
+    if saved != engine:
+        raise UserError(
+            f"cannot resume {os.path.dirname(saved_config_path)}: it was trained by the {ENGINE_NAMES.get(saved, saved)} "
+            f"(KERAS_BACKEND={ENGINE_BACKENDS.get(saved, saved)}), this run uses the {ENGINE_NAMES[engine]}; their checkpoints "
+            f"differ. Resume with --engine={saved}, or use a new --output_dir."
         )
 
 
