@@ -212,6 +212,8 @@ class JaxTpuStack:
     interpreter, and the base TPU software version of each family (one host and slices alike)."""
 
     jax: str
+    optax: str
+    orbax_checkpoint: str
     libtpu: str  # what jax[tpu]==jax pins; pip takes it with the extra, it is not pinned again
     keras: str
     tensorflow: str  # the CPU build: the input pipeline (tf.data, gs://), never the TPU
@@ -222,8 +224,10 @@ class JaxTpuStack:
     sources: dict
 
     def dbdist_pins(self):
-        return (f"jax[tpu]=={self.jax}", f"tensorflow=={self.tensorflow}", f"tensorboard=={self.tensorboard}",
-                f"keras=={self.keras}", f"keras-cv=={self.keras_cv}")
+        # jax[tpu], optax and orbax-checkpoint are pyproject.toml's `jax` extra, pinned.
+        return (f"jax[tpu]=={self.jax}", f"optax=={self.optax}", f"orbax-checkpoint=={self.orbax_checkpoint}",
+                f"tensorflow=={self.tensorflow}", f"tensorboard=={self.tensorboard}", f"keras=={self.keras}",
+                f"keras-cv=={self.keras_cv}")
 
     def runtime_for(self, accelerator: TpuVmType):
         return self.runtimes[accelerator.family.name]
@@ -231,6 +235,8 @@ class JaxTpuStack:
 
 JAX_TPU_VM = JaxTpuStack(
     jax="0.6.2",
+    optax="0.2.8",
+    orbax_checkpoint="0.11.39",  # the newest for Python 3.10 (0.12 needs 3.11); not tested here
     libtpu="0.0.17.*",
     keras="3.12.4",
     tensorflow="2.20.0",
@@ -246,11 +252,14 @@ JAX_TPU_VM = JaxTpuStack(
         "tpu-ubuntu2204-base": RUNTIMES_PAGE,
         "slices: the same base versions, the same command on every worker (--worker=all)": JAX_PODS_PAGE,
         "keras 3.12.4 (Requires-Python >=3.10)": "https://pypi.org/project/keras/3.12.4/",
+        "orbax-checkpoint 0.11.39: the newest for Python 3.10": "https://pypi.org/project/orbax-checkpoint/0.11.39/",
     },
 )
 # launch/Dockerfile's tpu-jax target: its own Python, so constraints.txt's tested versions.
 JAX_CONTAINER = JaxTpuStack(
     jax="0.10.2",
+    optax="0.2.8",
+    orbax_checkpoint="0.12.8",
     libtpu="0.0.42.*",
     keras="3.15.1",
     tensorflow="2.21.0",

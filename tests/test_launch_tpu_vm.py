@@ -139,7 +139,8 @@ def test_existing_v5e_vm_with_a_runtime_of_choice(capsys, gcloud_state):
 
 
 # --engine=jax: jax[tpu] (libtpu from PyPI) with the TPU VM's JAX pins, nothing installed over it.
-JAX_PINS = "'jax[tpu]==0.6.2' tensorflow==2.20.0 tensorboard==2.20.0 keras==3.12.4 keras-cv==0.9.0"
+JAX_PINS = ("'jax[tpu]==0.6.2' optax==0.2.8 orbax-checkpoint==0.11.39 "
+            "tensorflow==2.20.0 tensorboard==2.20.0 keras==3.12.4 keras-cv==0.9.0")
 
 
 def test_jax_engine_on_one_host_runs_every_worker_with_the_jax_backend(wheel):

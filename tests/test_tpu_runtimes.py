@@ -108,8 +108,9 @@ def test_the_jax_container_table_is_the_tested_constraints():
     """The container's JAX stack is constraints.txt's, what `make test-all` runs."""
     pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
-    assert (JAX_CONTAINER.jax, JAX_CONTAINER.keras, JAX_CONTAINER.tensorflow, JAX_CONTAINER.tensorboard) == (
-        pins["jax"], pins["keras"], pins["tensorflow"], pins["tensorboard"])
+    names = ("jax", "optax", "orbax_checkpoint", "keras", "tensorflow", "tensorboard")
+    assert {name: getattr(JAX_CONTAINER, name) for name in names} == {
+        name: pins[name.replace("_", "-")] for name in names}
 
 
 @pytest.mark.parametrize("accelerator, runtime", [
