@@ -9,13 +9,17 @@
 # minutes: each script has a time budget and skips (and names) the rows that would not fit. The
 # JAX rows each compile once in a process of their own. Settings, as environment variables:
 #   MODEL (sd-v1)  RESOLUTION (0: the preset's)  ROWS (2,8,32,32-ckpt,2-vae)  WARMUP (3)  STEPS (10)
-#   TOTAL_BUDGET_S (510)  PEER_BUDGET_S (150)  PEAK_TFLOPS (0: from the GPU's name)  PYTHON (python3)
+#   TOTAL_BUDGET_S (510)  PEER_BUDGET_S (150)  PEAK_TFLOPS (0: from the GPU's name)
+#   PYTHON (python3; on the GPU machine it has PyTorch and JAX), or PEER_PYTHON and JAX_PYTHON apart
+#   (a CPU try-out: MODEL=tiny ROWS=2 STEPS=1 WARMUP=0 PEER_PYTHON=... JAX_PYTHON=... bash ...)
 # Writes OUT_DIR/peer.json, OUT_DIR/dbdist_jax.json and OUT_DIR/side_by_side.md (the table).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
 OUT_DIR=${1:-${OUT:-side_by_side}}
 PYTHON=${PYTHON:-python3}
+PEER_PYTHON=${PEER_PYTHON:-$PYTHON}
+JAX_PYTHON=${JAX_PYTHON:-$PYTHON}
 MODEL=${MODEL:-sd-v1}
 RESOLUTION=${RESOLUTION:-0}
 ROWS=${ROWS:-2,8,32,32-ckpt,2-vae}
@@ -26,10 +30,11 @@ PEER_BUDGET_S=${PEER_BUDGET_S:-150}
 PEAK_TFLOPS=${PEAK_TFLOPS:-0}
 mkdir -p "$OUT_DIR"
 
-if compgen -G ".gpu_wheels/*.whl" >/dev/null; then
+GPU_WHEELS=${GPU_WHEELS-.gpu_wheels}  # GPU_WHEELS= (empty): use what the interpreters have
+if [ -n "$GPU_WHEELS" ] && compgen -G "$GPU_WHEELS/*.whl" >/dev/null; then
     SITE=$(mktemp -d /tmp/dbdist-bench-site.XXXX)
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        .gpu_wheels/*.whl || exit 1
+    "$JAX_PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        "$GPU_WHEELS"/*.whl || exit 1
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -37,17 +42,17 @@ COMMON=(--model="$MODEL" --resolution="$RESOLUTION" --rows="$ROWS" --warmup="$WA
         --peak_tflops="$PEAK_TFLOPS")
 
 echo "== peer: diffusers' train_dreambooth.py step (budget ${PEER_BUDGET_S} s)"
-"$PYTHON" benchmarks/diffusers_peer_step.py "${COMMON[@]}" --time_budget_s="$PEER_BUDGET_S" \
+"$PEER_PYTHON" benchmarks/diffusers_peer_step.py "${COMMON[@]}" --time_budget_s="$PEER_BUDGET_S" \
     --json="$OUT_DIR/peer.json"
 peer_code=$?
 JAX_BUDGET_S=$((TOTAL_BUDGET_S - (SECONDS - START)))
 echo "== dbdist: the JAX engine's step (budget ${JAX_BUDGET_S} s)"
-KERAS_BACKEND=jax "$PYTHON" benchmarks/jax_dreambooth_step.py "${COMMON[@]}" --time_budget_s="$JAX_BUDGET_S" \
+KERAS_BACKEND=jax "$JAX_PYTHON" benchmarks/jax_dreambooth_step.py "${COMMON[@]}" --time_budget_s="$JAX_BUDGET_S" \
     --json="$OUT_DIR/dbdist_jax.json"
 jax_code=$?
 
 echo "== side by side ($((SECONDS - START)) s in all)"
 if [ -f "$OUT_DIR/peer.json" ] && [ -f "$OUT_DIR/dbdist_jax.json" ]; then
-    "$PYTHON" benchmarks/step_rows.py "$OUT_DIR/peer.json" "$OUT_DIR/dbdist_jax.json" | tee "$OUT_DIR/side_by_side.md"
+    "$JAX_PYTHON" benchmarks/step_rows.py "$OUT_DIR/peer.json" "$OUT_DIR/dbdist_jax.json" | tee "$OUT_DIR/side_by_side.md"
 fi
 exit $(( peer_code || jax_code ))

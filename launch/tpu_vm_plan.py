@@ -16,7 +16,8 @@ of launch/tpu_runtimes.py, then TensorFlow's TPU build and its libtpu over dbdis
 
 The JAX engine (--engine=jax) is multi-controller: one process per host, every host the same
 command (`--worker=all`, one host or a slice), `KERAS_BACKEND=jax` and `--strategy=data_parallel`
-over every chip of the slice; jax.distributed.initialize() inside dbdist finds the other hosts.
+over every chip of the slice; on a slice `--jax_distributed` too: jax.distributed.initialize()
+inside dbdist finds the other hosts.
 It installs `jax[tpu]` (libtpu from PyPI) with dbdist and nothing over it: the `tensorflow` it
 keeps is the CPU build that feeds tf.data.
 """
@@ -96,8 +97,10 @@ class TpuVm:
         kind = f"{self.accelerator.name}, {'multi-host pod slice' if self.accelerator.multi_host else 'one host'}"
         if self.engine == "jax":
             # Every chip of every host is one JAX device of one mesh (v4/v5p megacore chips: one device each).
+            # Several hosts: each process starts with jax.distributed.initialize(), which finds the others.
+            also = (("jax_distributed", "--jax_distributed"),) if self.accelerator.multi_host else ()
             return Placement(platform=f"the TPU VM {self.name} ({kind}, JAX engine)", strategy=JAX_STRATEGY,
-                             allowed=(JAX_STRATEGY,), replicas=self.accelerator.replicas)
+                             allowed=(JAX_STRATEGY,), replicas=self.accelerator.replicas, also=also)
         return Placement(platform=f"the TPU VM {self.name} ({kind})", strategy="tpu", allowed=("tpu",),
                          replicas=self.accelerator.replicas, tpu=self.name if self.accelerator.multi_host else "local")
 

@@ -170,8 +170,8 @@ def test_jax_engine_on_a_slice_runs_one_process_per_host():
     *head, command = p.run
     assert head == G + ["ssh", "db-v5p", *loc, "--worker=all"]
     assert shlex.split(command.removeprefix("--command=")) == [
-        "KERAS_BACKEND=jax", "python3", "-m", "dbdist.train", "--strategy=data_parallel", *TRAIN[:3],
-        "--global_batch_size=16"]
+        "KERAS_BACKEND=jax", "python3", "-m", "dbdist.train", "--strategy=data_parallel", "--jax_distributed",
+        *TRAIN[:3], "--global_batch_size=16"]
     assert "TPU_LOAD_LIBRARY" not in command and "--tpu=" not in command
 
 
