@@ -155,6 +155,14 @@ def test_the_readme_table_shows_the_table():
     assert [value for value in shown if value not in table] == []
 
 
+def test_the_readme_jax_table_shows_the_jax_tables():
+    readme = (REPO / "launch" / "README.md").read_text()
+    table = readme[readme.index("**JAX on the TPU (`--engine=jax`).**"):readme.index("**ssh to every worker**")]
+    shown = [*JAX_TPU_VM.dbdist_pins(), *JAX_CONTAINER.dbdist_pins(), f"libtpu=={JAX_TPU_VM.libtpu}",
+             *JAX_TPU_VM.runtimes.values(), *JAX_TPU_VM.sources.values(), *JAX_CONTAINER.sources.values()]
+    assert [value for value in shown if value not in table] == []
+
+
 def test_pyproject_admits_the_tpu_stack():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     requirements = {Requirement(r).name: Requirement(r).specifier for r in project["dependencies"]}
