@@ -97,13 +97,15 @@ class PeerStep:
 
     def __init__(self, unet_config, vae_config, row, device):
         self.device = device
-        self.unet = UNet2DConditionModel(**unet_config).to(device)  # float32 master weights
+        with torch.device(device):  # parameters made on the GPU: an 860M-parameter init on the CPU takes long
+            self.unet = UNet2DConditionModel(**unet_config)  # float32 master weights
         self.unet.train()
         if row.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.vae = None
         if row.vae_in_step:
-            self.vae = AutoencoderKL(**vae_config).to(device, dtype=WEIGHT_DTYPE)
+            with torch.device(device):
+                self.vae = AutoencoderKL(**vae_config).to(dtype=WEIGHT_DTYPE)
             self.vae.requires_grad_(False)
         self.scheduler = DDPMScheduler(**SD15_SCHEDULE)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=5e-6, betas=(0.9, 0.999), weight_decay=1e-2,
