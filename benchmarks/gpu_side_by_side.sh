@@ -47,7 +47,7 @@ echo "== peer: diffusers' train_dreambooth.py step (budget ${PEER_BUDGET_S} s)"
 peer_code=$?
 JAX_BUDGET_S=$((TOTAL_BUDGET_S - (SECONDS - START)))
 echo "== dbdist: the JAX engine's step (budget ${JAX_BUDGET_S} s)"
-KERAS_BACKEND=jax "$JAX_PYTHON" benchmarks/jax_dreambooth_step.py "${COMMON[@]}" --time_budget_s="$JAX_BUDGET_S" \
+KERAS_BACKEND=jax "$JAX_PYTHON" benchmarks/jax_dreambooth_step.py "${COMMON[@]}" --block_tensorflow --time_budget_s="$JAX_BUDGET_S" \
     --json="$OUT_DIR/dbdist_jax.json"
 jax_code=$?
 

@@ -47,6 +47,9 @@ def parse_args(argv):
     parser.add_argument("--peak_tflops", type=float, default=0.0, help="the device's dense bf16 peak (0: known GPUs)")
     parser.add_argument("--time_budget_s", type=float, default=1e9, help="rows that would not fit are skipped")
     parser.add_argument("--json", default="", help="write the report here too")
+    parser.add_argument("--block_tensorflow", action="store_true",
+                        help="make `import tensorflow` fail in the timed processes, as on a machine without it: the "
+                        "step must not need it (Keras' set_random_seed also seeds TensorFlow when it can import it)")
     parser.add_argument("--one_row", default="", help=argparse.SUPPRESS)  # internal: run this row, print its JSON
     args = parser.parse_args(argv)
     try:
@@ -96,6 +99,8 @@ def _peak_bytes(device):
 def run_one_row(args):
     """Builds the engine's state and step for one row, times it, returns the row's result."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
+    if args.block_tensorflow:
+        sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
     import jax
     import keras
     import numpy as np
@@ -150,8 +155,8 @@ def run_one_row(args):
                               peak_bytes=peak, peak_tflops_value=peak_tflops, timed_steps=args.steps, loss=loss)
     result.update(device=f"{mesh.devices.size} x {device.device_kind}", resolution=config.resolution,
                   peak_tflops=peak_tflops or None, jax=jax.__version__, keras=keras.__version__,
-                  # The step's import path must not need TensorFlow (the GPU machine has none).
-                  tensorflow_imported="tensorflow" in sys.modules)
+                  # Whether TensorFlow was loaded (with --block_tensorflow it cannot be: the step needs none).
+                  tensorflow_loaded=sys.modules.get("tensorflow") is not None)
     return result
 
 
@@ -163,7 +168,8 @@ _ROW_MARK = "JAX_STEP_ROW "
 def _row_command(args, row):
     forwarded = [f"--model={args.model}", f"--resolution={args.resolution}", f"--warmup={args.warmup}",
                  f"--steps={args.steps}", f"--strategy={args.strategy}", f"--mixed_precision={args.mixed_precision}",
-                 f"--peak_tflops={args.peak_tflops}", f"--one_row={row.name.removeprefix('b')}"]
+                 f"--peak_tflops={args.peak_tflops}", f"--one_row={row.name.removeprefix('b')}",
+                 *(["--block_tensorflow"] if args.block_tensorflow else [])]
     return [sys.executable, os.path.abspath(__file__), *forwarded]
 
 
