@@ -31,7 +31,6 @@ import time
 import step_rows
 
 MODELS = ("tiny", "sd-v1", "sd-v2")
-EMBEDDING_LENGTH = 77
 
 
 def parse_args(argv):
@@ -71,23 +70,22 @@ def _synthetic_batch(config, row, rng):
     from dbdist.data import batch_keys as keys
 
     half, size, latent = row.batch // 2, config.resolution, config.latent_size
-    width = config.text_encoder.width
+    length, width = config.embedding_shape  # 77 tokens x the text encoder's width
     channels = config.vae.latent_channels
     batch = {keys.EXAMPLE_POSITION: np.arange(half, dtype=np.int32)[None]}
-    for prefix in ("instance", "class"):
+    for stream in ("INSTANCE", "CLASS"):
+        def key(field):
+            return getattr(keys, f"{stream}_{field}")  # the reader's names (dbdist/data/batch_keys.py)
+
         if row.vae_in_step:
-            batch[f"{prefix}_pixels"] = rng.uniform(-1, 1, (1, half, size, size, 3)).astype(np.float32)
+            batch[key("PIXELS")] = rng.uniform(-1, 1, (1, half, size, size, 3)).astype(np.float32)
         else:
-            batch[f"{prefix}_latent_mean"] = rng.normal(size=(1, half, latent, latent, channels)).astype(np.float32)
-            batch[f"{prefix}_latent_logvar"] = np.full((1, half, latent, latent, channels), -6.0, np.float32)
-        batch[f"{prefix}_embedding"] = rng.normal(size=(1, half, EMBEDDING_LENGTH, width)).astype(np.float32)
-        batch[f"{prefix}_vae_noise"] = rng.normal(size=(1, half, latent, latent, channels)).astype(np.float32)
-        batch[f"{prefix}_noise"] = rng.normal(size=(1, half, latent, latent, channels)).astype(np.float32)
-        batch[f"{prefix}_timestep"] = rng.integers(0, 1000, (1, half)).astype(np.int32)
-    expected = {getattr(keys, name) for name in dir(keys) if name.isupper()}
-    unknown = set(batch) - expected
-    if unknown:  # the layout moved under us: say so rather than time a step that ignores a key
-        raise RuntimeError(f"benchmark batch keys {sorted(unknown)} are not in dbdist/data/batch_keys.py")
+            batch[key("LATENT_MEAN")] = rng.normal(size=(1, half, latent, latent, channels)).astype(np.float32)
+            batch[key("LATENT_LOGVAR")] = np.full((1, half, latent, latent, channels), -6.0, np.float32)
+        batch[key("EMBEDDING")] = rng.normal(size=(1, half, length, width)).astype(np.float32)
+        batch[key("VAE_NOISE")] = rng.normal(size=(1, half, latent, latent, channels)).astype(np.float32)
+        batch[key("NOISE")] = rng.normal(size=(1, half, latent, latent, channels)).astype(np.float32)
+        batch[key("TIMESTEP")] = rng.integers(0, 1000, (1, half)).astype(np.int32)
     return batch
 
 
