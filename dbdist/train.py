@@ -183,7 +183,8 @@ def _prepare_output_dir(config, engine, chief):
     """On resume, checks the settings against the saved run and trims metrics past the checkpoint."""
     out = config.train.output_dir
     config_path = os.path.join(out, "config.json")
-    if tf.io.gfile.exists(config_path):
+    checkpoints = os.path.join(out, "checkpoints")
+    if tf.io.gfile.exists(config_path) and tf.io.gfile.exists(checkpoints) and tf.io.gfile.listdir(checkpoints):
         # The other engine's checkpoints are invisible to this one's: refuse before starting afresh beside them.
         check_same_engine(config_path, config.runtime.engine)
     resuming = engine.latest_checkpoint() is not None

@@ -10,13 +10,14 @@ import tensorflow as tf
 from commands import run_command
 from PIL import Image
 
-from dbdist import train
 from dbdist.config import OptimConfig, model_config
 from dbdist.data import example_noise, features
 from dbdist.diffusion import NoiseSchedule
 from dbdist.diffusion.ddim import ddim_update
 from dbdist.diffusion.dreambooth_loss import LossSettings, dreambooth_loss
 from dbdist.models import build_models
+from dbdist.training import engine as tf_engine
+from dbdist.training.engine import TfEngine
 from dbdist.training.lost_worker import describe
 from dbdist.training.optimizer import EngineAdamW, build_optimizer
 from dbdist.training.schedules import WarmupThenDecay
@@ -76,10 +77,15 @@ class _Spy:
         self.states = []
         self.applied = {}  # id(optimizer) -> [learning rate of each update]
         self.loop_steps = []  # steps run by each call of the compiled loop
-        build_state = train._build_state
-        monkeypatch.setattr(train, "_build_state", lambda *a, **k: self._keep(build_state(*a, **k)))
-        make_train_loop = train.make_train_loop
-        monkeypatch.setattr(train, "make_train_loop", lambda *a, **k: self._count(make_train_loop(*a, **k)))
+        build_state = TfEngine.build_state
+
+        def kept_build_state(engine, *args, **kwargs):
+            build_state(engine, *args, **kwargs)
+            self._keep(engine.state)
+
+        monkeypatch.setattr(TfEngine, "build_state", kept_build_state)
+        make_train_loop = tf_engine.make_train_loop
+        monkeypatch.setattr(tf_engine, "make_train_loop", lambda *a, **k: self._count(make_train_loop(*a, **k)))
         update_step = EngineAdamW._backend_update_step
         spy = self
 

@@ -159,9 +159,15 @@ def make_train_step(networks: Networks, optimizer: Optimizer, schedule, settings
             sums = jax.tree.map(jnp.add, sums, {"loss": loss, **terms})
             return (gradients, sums, model_state), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        no_loss = {name: jnp.zeros([], jnp.float32) for name in ("loss", "instance_loss", "prior_loss")}
-        (gradients, sums, model_state), _ = jax.lax.scan(micro_step, (zeros, no_loss, state.model_state), batch)
+        if jax.tree.leaves(batch)[0].shape[0] == 1:
+            # No accumulation: no zero-filled gradient buffer (a UNet's worth of memory) to add to.
+            (loss, (terms, model_state)), gradients = grad_fn(
+                state.params, state.model_state, frozen, jax.tree.map(lambda x: x[0], batch))
+            sums = {"loss": loss, **terms}
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            no_loss = {name: jnp.zeros([], jnp.float32) for name in ("loss", "instance_loss", "prior_loss")}
+            (gradients, sums, model_state), _ = jax.lax.scan(micro_step, (zeros, no_loss, state.model_state), batch)
         learning_rates = optimizer.learning_rates(state.step)
         updates, opt_state = optimizer.transform.update(gradients, state.opt_state, state.params)
         metrics = {
