@@ -5,10 +5,11 @@
 #   bash benchmarks/fetch_gpu_wheels.sh
 #
 # The machine (see README.md, "Speed on a GPU") has Python 3.12 with PyTorch 2.11 (CUDA 13), JAX
-# with its CUDA 13 plugin, optax, orbax-checkpoint, absl-py, h5py, rich, ml-dtypes, numpy, regex,
-# safetensors, huggingface-hub, requests, filelock, Pillow and zipp, no TensorFlow, and no
-# network. It lacks Keras (and two of Keras' own requirements, namex and optree) and diffusers
-# (and importlib_metadata, which diffusers requires). Exactly those are fetched, --no-deps, as
+# 0.11 with its CUDA 13 plugin, optax, orbax-checkpoint, absl-py, h5py, rich, ml-dtypes, numpy,
+# regex, safetensors, huggingface-hub, requests, filelock, Pillow, zipp and typing-extensions (as
+# the workplace's list of that image gave them, 2026-11), no TensorFlow, and no network. It lacks
+# Keras (and two of Keras' own requirements, namex and optree) and diffusers (and
+# importlib_metadata, which diffusers requires). Exactly those are fetched, --no-deps, as
 # binary wheels for CPython 3.12 on manylinux x86_64; the GPU command installs them with
 # `pip install --no-index --no-deps --target`. Keras is constraints.txt's version (the one dbdist
 # is tested with), diffusers the peer's (issue 11: diffusers 0.42.1).

@@ -31,28 +31,36 @@ PEAK_TFLOPS=${PEAK_TFLOPS:-0}
 mkdir -p "$OUT_DIR"
 
 GPU_WHEELS=${GPU_WHEELS-.gpu_wheels}  # GPU_WHEELS= (empty): use what the interpreters have
+BASE_PATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+JAX_PATH=$BASE_PATH
 if [ -n "$GPU_WHEELS" ] && compgen -G "$GPU_WHEELS/*.whl" >/dev/null; then
     SITE=$(mktemp -d /tmp/dbdist-bench-site.XXXX)
+    trap 'rm -rf "$SITE"' EXIT
     "$JAX_PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
         "$GPU_WHEELS"/*.whl || exit 1
-    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    JAX_PATH="$SITE:$BASE_PATH"
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# One interpreter (the GPU machine): both sides see the wheels. Two (a CPU try-out): the wheels are
+# built for JAX_PYTHON's Python, so the peer keeps its own packages.
+PEER_PATH=$BASE_PATH
+[ "$PEER_PYTHON" = "$JAX_PYTHON" ] && PEER_PATH=$JAX_PATH
+export PYTHONUNBUFFERED=1
 COMMON=(--model="$MODEL" --resolution="$RESOLUTION" --rows="$ROWS" --warmup="$WARMUP" --steps="$STEPS"
         --peak_tflops="$PEAK_TFLOPS")
 
 echo "== peer: diffusers' train_dreambooth.py step (budget ${PEER_BUDGET_S} s)"
-"$PEER_PYTHON" benchmarks/diffusers_peer_step.py "${COMMON[@]}" --time_budget_s="$PEER_BUDGET_S" \
-    --json="$OUT_DIR/peer.json"
+PYTHONPATH=$PEER_PATH "$PEER_PYTHON" benchmarks/diffusers_peer_step.py "${COMMON[@]}" \
+    --time_budget_s="$PEER_BUDGET_S" --json="$OUT_DIR/peer.json"
 peer_code=$?
 JAX_BUDGET_S=$((TOTAL_BUDGET_S - (SECONDS - START)))
 echo "== dbdist: the JAX engine's step (budget ${JAX_BUDGET_S} s)"
-KERAS_BACKEND=jax "$JAX_PYTHON" benchmarks/jax_dreambooth_step.py "${COMMON[@]}" --block_tensorflow --time_budget_s="$JAX_BUDGET_S" \
-    --json="$OUT_DIR/dbdist_jax.json"
+PYTHONPATH=$JAX_PATH KERAS_BACKEND=jax "$JAX_PYTHON" benchmarks/jax_dreambooth_step.py "${COMMON[@]}" \
+    --block_tensorflow --time_budget_s="$JAX_BUDGET_S" --json="$OUT_DIR/dbdist_jax.json"
 jax_code=$?
 
 echo "== side by side ($((SECONDS - START)) s in all)"
 if [ -f "$OUT_DIR/peer.json" ] && [ -f "$OUT_DIR/dbdist_jax.json" ]; then
-    "$JAX_PYTHON" benchmarks/step_rows.py "$OUT_DIR/peer.json" "$OUT_DIR/dbdist_jax.json" | tee "$OUT_DIR/side_by_side.md"
+    PYTHONPATH=$JAX_PATH "$JAX_PYTHON" benchmarks/step_rows.py "$OUT_DIR/peer.json" "$OUT_DIR/dbdist_jax.json" \
+        | tee "$OUT_DIR/side_by_side.md"
 fi
 exit $(( peer_code || jax_code ))
