@@ -212,6 +212,16 @@ class TrainConfig:
     keep_checkpoints: int = 3
     validation_every: int = 0
     validation_prompt: str = ""
+    # LoRA DreamBooth (dbdist/lora/): adapters of this rank on the UNet's attention projections
+    # train instead of the UNet, whose weights stay frozen. None: full fine-tuning.
+    lora_rank: Optional[int] = None
+    # The adapters' output is scaled by lora_alpha / lora_rank (PEFT's); the flag's default is
+    # the rank (scale 1), as diffusers' train_dreambooth_lora.py.
+    lora_alpha: Optional[float] = None
+    # Adapters on the text encoder's attention projections too (trained at text_encoder_learning_rate).
+    lora_text_encoder: bool = False
+    # Also write export/unet.h5 (and text_encoder.h5) with the adapters folded in.
+    merge_lora: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,11 +283,30 @@ class RunConfig:
             )
         if t.validation_every and not t.validation_prompt:
             raise UserError("validation_every needs a validation_prompt")
+        self._validate_lora()
         if r.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
         if r.strategy not in ("one_device", "mirrored", "multi_worker", "tpu"):
             raise UserError(f"strategy must be one_device, mirrored, multi_worker or tpu, got {r.strategy!r}")
         return self
+
+    def _validate_lora(self):
+        t = self.train
+        if t.lora_rank is None:
+            for name in ("lora_text_encoder", "merge_lora"):
+                if getattr(t, name):
+                    raise UserError(f"{name} needs lora_rank (LoRA training), which is not set")
+            if t.lora_alpha is not None:
+                raise UserError(f"lora_alpha ({t.lora_alpha}) needs lora_rank (LoRA training), which is not set")
+            return
+        if t.lora_rank < 1:
+            raise UserError(f"lora_rank must be >= 1, got {t.lora_rank}")
+        if t.lora_alpha is not None and not t.lora_alpha > 0:
+            raise UserError(f"lora_alpha must be > 0, got {t.lora_alpha}")
+        if t.train_text_encoder:
+            raise UserError(
+                "train_text_encoder fine-tunes all of the text encoder; with lora_rank use lora_text_encoder "
+                "(adapters on its attention projections) instead")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -5,7 +5,7 @@ How to run (the tiny demo; see README for sd-v1 on a GPU, launch/ for TPU VMs an
       --model=tiny --max_train_steps=100 --learning_rate=1e-4 --strategy=mirrored --num_cpu_devices=2
 What to expect: a progress line every --log_every steps (step, loss, img/s, ETA),
 then in output_dir: config.json, metrics.jsonl, tensorboard/, checkpoints/,
-loss_curve.png and export/unet.h5 (keras-cv layout). Running the same command
+loss_curve.png and export/unet.h5 (keras-cv layout); with --lora_rank, export/lora.safetensors. Running the same command
 again resumes from the newest checkpoint.
 """
 
@@ -27,6 +27,9 @@ from dbdist.data.manifest import check_compatible, read_manifest
 from dbdist.data.writer import write_bytes_atomically
 from dbdist.diffusion import NoiseSchedule
 from dbdist.gcs_paths import check_buckets
+from dbdist.lora.adapters import add_adapters
+from dbdist.lora.export import export_lora
+from dbdist.lora.targets import TEXT_ENCODER, UNET
 from dbdist.plots import plot_loss_curve
 from dbdist.training import cloud_env
 from dbdist.training import input as train_input
@@ -64,6 +67,14 @@ flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this glob
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
+flags.DEFINE_integer(
+    "lora_rank", None, "LoRA DreamBooth: train rank-R adapters on the UNet's attention projections (q, k, v, out) "
+    "instead of the UNet, whose weights stay frozen; exports export/lora.safetensors (diffusers) and "
+    "export/lora_kohya.safetensors (web UIs).")
+flags.DEFINE_float("lora_alpha", None, "Adapters scale by lora_alpha / lora_rank; default: the rank (scale 1), as diffusers.")
+flags.DEFINE_bool("lora_text_encoder", False, "With --lora_rank: adapters on the text encoder's attention projections too "
+                  "(at --text_encoder_learning_rate).")
+flags.DEFINE_bool("merge_lora", False, "With --lora_rank: also export/unet.h5 (and text_encoder.h5) with the adapters merged in.")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps (a multiple of --steps_per_loop).")
@@ -106,6 +117,12 @@ def _run_config(model, manifest):
             keep_checkpoints=FLAGS.keep_checkpoints,
             validation_every=FLAGS.validation_every,
             validation_prompt=FLAGS.validation_prompt,
+            lora_rank=FLAGS.lora_rank,
+            # Resolved here, so config.json (and the resume check) records the scale trained with.
+            lora_alpha=FLAGS.lora_alpha if FLAGS.lora_alpha is not None or FLAGS.lora_rank is None
+            else float(FLAGS.lora_rank),
+            lora_text_encoder=FLAGS.lora_text_encoder,
+            merge_lora=FLAGS.merge_lora,
         ),
         runtime=RuntimeConfig(
             strategy=FLAGS.strategy,
@@ -124,9 +141,10 @@ def _set_precision(mixed_precision):
 def _build_state(config, strategy, need_vae_encoder=True):
     """Models, optimizers, step and loss scale, all inside the strategy's scope."""
     train = config.train
+    trains_text_encoder = train.train_text_encoder or train.lora_text_encoder
     # Cached latents make the VAE encoder unnecessary: it is not even built.
     networks = ("unet",) + (("vae_encoder",) if need_vae_encoder else ()) + (
-        ("text_encoder",) if train.train_text_encoder else ())
+        ("text_encoder",) if trains_text_encoder else ())
     total_steps = train.max_train_steps
     with strategy.scope():
         # Weights come from (1) the latest checkpoint, restored later over these, else
@@ -140,6 +158,11 @@ def _build_state(config, strategy, need_vae_encoder=True):
         )
         if need_vae_encoder:
             models.vae_encoder.trainable = False  # frozen: it only encodes the images
+        if train.lora_rank:
+            # After the weights load (their files hold no adapters): only the adapters train.
+            for network in (UNET, TEXT_ENCODER) if train.lora_text_encoder else (UNET,):
+                add_adapters(getattr(models, network), network, config.model, train.lora_rank, train.lora_alpha,
+                             seed=train.seed)
         state = TrainState(
             unet=models.unet,
             vae_encoder=models.vae_encoder if need_vae_encoder else None,
@@ -150,7 +173,7 @@ def _build_state(config, strategy, need_vae_encoder=True):
             if config.runtime.mixed_precision == "fp16"
             else None,
         )
-        if train.train_text_encoder:
+        if trains_text_encoder:
             state.text_encoder = models.text_encoder
             state.text_optimizer = build_optimizer(
                 config.optim, learning_rate=config.optim.text_encoder_learning_rate, total_steps=total_steps
@@ -302,9 +325,13 @@ def main(argv):
     # Stage 8: export (chief only).
     if chief:
         export_dir = os.path.join(train.output_dir, "export")
-        save_keras_cv_h5(state.unet, os.path.join(export_dir, "unet.h5"))
-        if state.text_encoder is not None:
-            save_keras_cv_h5(state.text_encoder, os.path.join(export_dir, "text_encoder.h5"))
+        if train.lora_rank:
+            adapted = {UNET: state.unet, **({TEXT_ENCODER: state.text_encoder} if train.lora_text_encoder else {})}
+            export_lora(export_dir, config.model, adapted, merge=train.merge_lora)
+        else:
+            save_keras_cv_h5(state.unet, os.path.join(export_dir, "unet.h5"))
+            if state.text_encoder is not None:
+                save_keras_cv_h5(state.text_encoder, os.path.join(export_dir, "text_encoder.h5"))
         records = read_metrics(os.path.join(train.output_dir, "metrics.jsonl"))
         if records:
             plot_loss_curve(records, os.path.join(train.output_dir, "loss_curve.png"))

@@ -24,6 +24,9 @@ _MUST_MATCH = (
     ("train", "seed"),
     ("train", "train_text_encoder"),
     ("train", "prior_loss_weight"),
+    ("train", "lora_rank"),
+    ("train", "lora_alpha"),
+    ("train", "lora_text_encoder"),
     ("runtime", "mixed_precision"),
 )
 
