@@ -53,7 +53,8 @@ def lora_tensors(weights, layout):
             tensors[f"{prefix}.alpha"] = np.asarray(w.alpha, np.float32)
         else:
             raise ValueError(f"LoRA layout must be {DIFFUSERS} or {KOHYA}, got {layout!r}")
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    # np.array, not np.ascontiguousarray: that makes kohya's 0-d alpha 1-d.
+    return {k: np.array(v, np.float32, order="C") for k, v in tensors.items()}
 
 
 def write_lora_file(path, weights, layout=DIFFUSERS):
@@ -143,5 +144,10 @@ def _adapter(path, target, found):
                 f"LoRA file {path}: {key!r} has shape {tuple(array.shape)}, expected {expected[key]} for "
                 f"{target.network} {target.module} (in {target.in_features}, out {target.out_features}, "
                 f"rank {rank} from its down weight)")
-    alpha = float(found["alpha"][1]) if "alpha" in found else float(rank)  # diffusers: no alpha means alpha = rank
+    alpha = float(rank)  # diffusers: no alpha means alpha = rank
+    if "alpha" in found:
+        alpha_key, value = found["alpha"]
+        if np.size(value) != 1:
+            raise UserError(f"LoRA file {path}: {alpha_key!r} has shape {tuple(np.shape(value))}, expected a scalar")
+        alpha = float(np.reshape(value, ()))
     return AdapterWeights(down.T.astype(np.float32), up.T.astype(np.float32), alpha)
