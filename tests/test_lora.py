@@ -225,3 +225,35 @@ def test_lora_run_resumes_and_generate_applies_its_adapters(records_dir, vocab_p
                 output_dir=tmp_path / "plain", vocab_path=vocab_path)
     image = lambda name: (tmp_path / name / "image_000.png").read_bytes()
     assert image("base") == image("plain") != image("lora")
+
+
+@pytest.mark.slow  # builds the fixture UNet three times (~40 s of CPU)
+def test_diffusers_loads_our_lora_files_and_gives_our_outputs():
+    """tests/fixtures/lora/: check_lora_in_diffusers.py ran diffusers' own loader on these files of ours and
+    recorded its outputs; here, without torch, the files are what dbdist writes today, and our import of
+    the fixture UNet plus each file gives diffusers' outputs."""
+    from fixtures import lora_fixture
+    from dbdist.lora.files import lora_tensors
+    from dbdist.models import StableDiffusionModels
+
+    networks = lora_fixture.adapted_networks()
+    weights = lora_fixture.adapters_of(networks)
+    recorded = dict(np.load(lora_fixture.OUT / "diffusers_outputs.npz"))
+    inputs = dict(np.load(lora_fixture.UNET_INPUTS))
+    for layout, name in lora_fixture.FILES.items():
+        path = lora_fixture.OUT / name
+        committed = safetensors.numpy.load_file(path)
+        written = lora_tensors(weights, layout)
+        assert committed.keys() == written.keys()
+        for key, array in written.items():
+            np.testing.assert_array_equal(committed[key], array, err_msg=key)
+        models = StableDiffusionModels(lora_fixture.CONFIG, unet=lora_fixture.fixture_unet(),
+                                       text_encoder=lora_fixture.fixture_text_encoder())
+        assert apply_lora(models, read_lora_for(lora_fixture.CONFIG, path)) == [TEXT_ENCODER, UNET]
+        ours = lora_fixture.unet_outputs(models.unet, inputs)
+        # diffusers as shipped computes GEGLU's GELU exactly, keras-cv (and we) in the tanh form: 1e-3 of the
+        # outputs' scale (measured 1.1e-4); with diffusers' GELU in the tanh form only float32 summation order
+        # differs: 1e-5 (measured 2.2e-6). A wrong name, orientation or scale shows at ~0.19 (the adapters' effect).
+        for suffix, tolerance in (("", 1e-3), ("_tanh_gelu", 1e-5)):
+            theirs = recorded[f"{layout}_unet_output{suffix}"]
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=tolerance * np.abs(theirs).max())

@@ -19,9 +19,9 @@ import numpy as np
 from keras import ops
 
 from dbdist.errors import UserError
-from dbdist.lora.targets import TEXT_ENCODER, TEXT_PROJECTIONS, UNET, UNET_PROJECTIONS, lora_targets
+from dbdist.formats import unet_keys
+from dbdist.lora.targets import TEXT_ENCODER, TEXT_PROJECTIONS, UNET, lora_targets
 from dbdist.models.text_encoder import EncoderLayer
-from dbdist.models.unet_blocks import SpatialTransformer
 
 ADAPTER_VARIABLE_NAMES = ("lora_kernel_a", "lora_kernel_b")  # what enable_lora calls them
 
@@ -30,18 +30,19 @@ def is_adapter_variable(variable):
     return variable.name in ADAPTER_VARIABLE_NAMES
 
 
-def projection_layers(model, network):
-    """The Dense layers adapters go on, in construction order (the order of `targets.lora_targets`)."""
+def projection_layers(model, network, model_config):
+    """[(diffusers module name, Dense)] of the layers adapters go on, in the order of `targets.lora_targets`.
+
+    The UNet's names come from its key map (dbdist/formats/unet_keys.py), which every UNet
+    import and export uses too.
+    """
     if network == UNET:
-        attentions = [a for layer in model.layers if isinstance(layer, SpatialTransformer)
-                      for a in (layer.transformer_block.attn1, layer.transformer_block.attn2)]
-        names = UNET_PROJECTIONS
-    elif network == TEXT_ENCODER:
+        return unet_keys.attention_projections(model, model_config)
+    if network == TEXT_ENCODER:
         attentions = [layer.attention for layer in model.layers if isinstance(layer, EncoderLayer)]
-        names = TEXT_PROJECTIONS
-    else:
-        raise ValueError(f"LoRA targets the unet or the text_encoder, got {network!r}")
-    return [getattr(attention, name) for attention in attentions for name in names]
+        return [(f"text_model.encoder.layers.{i}.self_attn.{theirs}", getattr(attention, ours))
+                for i, attention in enumerate(attentions) for ours, theirs in TEXT_PROJECTIONS.items()]
+    raise ValueError(f"LoRA targets the unet or the text_encoder, got {network!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +54,14 @@ class AdaptedLayer:
 def paired_layers(model, network, model_config):
     """[AdaptedLayer] pairing each target of `network` with its Dense layer, shapes checked."""
     targets = lora_targets(model_config, (network,))
-    layers = projection_layers(model, network)
-    if len(targets) != len(layers):
-        raise ValueError(f"{network}: the config names {len(targets)} attention projections, the network has {len(layers)}")
+    named = projection_layers(model, network, model_config)
+    if [t.module for t in targets] != [name for name, _ in named]:
+        raise ValueError(f"{network}: the config's attention projections {[t.module for t in targets][:2]}... are not "
+                         f"the network's {[name for name, _ in named][:2]}... ({len(targets)} and {len(named)})")
+    layers = [dense for _, dense in named]
     for target, dense in zip(targets, layers):
-        if tuple(dense.kernel.shape) != (target.in_features, target.out_features):
-            raise ValueError(f"{network} layer {dense.path} has kernel {tuple(dense.kernel.shape)}, but its target "
+        if tuple(dense._kernel.shape) != (target.in_features, target.out_features):
+            raise ValueError(f"{network} layer {dense.path} has kernel {tuple(dense._kernel.shape)}, but its target "
                              f"{target.module} expects ({target.in_features}, {target.out_features})")
     return [AdaptedLayer(t, d) for t, d in zip(targets, layers)]
 

@@ -6,8 +6,9 @@ The targets are those of diffusers' `train_dreambooth_lora.py`: in the UNet ever
 file's keys start with), the network it lives in, and its (in, out) widths. Computing them from
 the config, not from a built network, lets a LoRA file be checked before any network is built.
 
-The list is in our networks' construction order: `adapters.py` pairs the n-th target with the
-n-th attention projection of a built network and checks their shapes agree.
+The list is in our networks' construction order: `adapters.py` pairs it with a built network's
+attention projections as named by the UNet's key map (dbdist/formats/unet_keys.py) and checks
+that names and shapes agree.
 """
 
 import dataclasses
