@@ -16,7 +16,7 @@ from dbdist.lora.targets import TEXT_ENCODER, UNET
 from dbdist.models import build_models
 from dbdist.training.checkpointing import check_resume_compatible
 from dbdist.weights.keras_cv_h5 import load_keras_cv_h5
-from dbdist.weights.pretrained import RANDOM_INIT_SEED, load_networks
+from dbdist.weights.pretrained import RANDOM_INIT_SEED
 
 TINY = model_config("tiny")
 # tiny: 7 spatial transformers x 2 attentions x 4 projections; 2 text layers x 4 projections.
