@@ -10,9 +10,10 @@ MODEL = flags.DEFINE_enum("model", "tiny", sorted(MODEL_PRESETS), "Model preset:
 WEIGHTS = flags.DEFINE_string(
     "weights",
     "",
-    "Directory (local or gs://) with keras-cv layout .h5 files (unet.h5 / kcv_diffusion_model.h5, "
-    "text_encoder.h5 / kcv_encoder.h5, vae_encoder.h5, vae_decoder.h5 / kcv_decoder.h5). Empty: keras-cv's "
-    "published files for sd-v1/sd-v2 (downloaded once, hash-checked); fixed random weights for tiny.",
+    "Weights (local or gs://): a directory with keras-cv layout .h5 files (unet.h5 / kcv_diffusion_model.h5, "
+    "text_encoder.h5 / kcv_encoder.h5, vae_encoder.h5, vae_decoder.h5 / kcv_decoder.h5), a diffusers folder "
+    "(model_index.json, unet/, vae/, text_encoder/), or a single-file .safetensors checkpoint (SD 1.x/2.x). "
+    "Empty: keras-cv's published files for sd-v1/sd-v2 (downloaded once, hash-checked); fixed random weights for tiny.",
 )
 RESOLUTION = flags.DEFINE_integer("resolution", None, "Training image size in pixels (multiple of 8); default: the preset's.")
 SEED = flags.DEFINE_integer("seed", 0, "Random seed: data order, training noise, sampling noise (not tiny's weights, which are fixed).")
@@ -22,7 +23,8 @@ VOCAB_PATH = flags.DEFINE_string(
     "vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, local or gs://); empty downloads keras-cv's copy."
 )
 UNET_WEIGHTS = flags.DEFINE_string(
-    "unet_weights", "", "A UNet .h5 in keras-cv layout (e.g. a DreamBooth export/unet.h5); overrides --weights for the UNet."
+    "unet_weights", "", "A UNet: a keras-cv layout .h5 (e.g. a DreamBooth export/unet.h5), a .safetensors (single-file "
+    "or diffusers keys) or a diffusers unet/ folder; overrides --weights for the UNet."
 )
 
 # Strategy flags: train replicates the train step, make_tfrecords the class-image sampler.

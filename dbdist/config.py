@@ -35,6 +35,11 @@ class UNetConfig:
     # Groups of every GroupNormalization.
     norm_groups: int = 32
     latent_channels: int = 4
+    # keras-cv's maths (the presets): GEGLU with GELU's tanh form ("gelu") and 1e-5 in the transformers'
+    # GroupNorm. SD's own code and diffusers use the exact GELU ("gelu_erf") and 1e-6; weights imported
+    # from their files are run so (dbdist.formats.unet_keys.faithful_config).
+    geglu_activation: str = "gelu"
+    transformer_norm_epsilon: float = 1e-5
 
     @property
     def time_embedding_dim(self):
@@ -208,6 +213,8 @@ class TrainConfig:
     # Micro-batches whose gradients are summed before one optimizer step.
     grad_accum_steps: int = 1
     train_text_encoder: bool = False
+    # dtype of export/model.safetensors: fp16 | bf16 | fp32 (export/diffusers/ is fp32).
+    export_dtype: str = "fp16"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     validation_every: int = 0
@@ -230,7 +237,7 @@ class RuntimeConfig:
 
     strategy: str = "one_device"
     mixed_precision: str = "no"
-    # Directory (local or gs://) with keras-cv .h5 files; "" = published files.
+    # keras-cv .h5 directory, diffusers folder or single .safetensors (local or gs://); "" = published files.
     weights: str = ""
     # Initial dynamic loss scale for fp16.
     initial_loss_scale: float = 2.0**15

@@ -5,7 +5,8 @@ How to run (the tiny demo; see README for sd-v1 on a GPU, launch/ for TPU VMs an
       --model=tiny --max_train_steps=100 --learning_rate=1e-4 --strategy=mirrored --num_cpu_devices=2
 What to expect: a progress line every --log_every steps (step, loss, img/s, ETA),
 then in output_dir: config.json, metrics.jsonl, tensorboard/, checkpoints/,
-loss_curve.png and export/unet.h5 (keras-cv layout); with --lora_rank, export/lora.safetensors. Running the same command
+loss_curve.png, export/unet.h5 (keras-cv layout), export/diffusers/ and export/model.safetensors
+(dbdist/formats/export.py); with --lora_rank, export/lora.safetensors instead (dbdist/lora/). Running the same command
 again resumes from the newest checkpoint.
 """
 
@@ -26,6 +27,7 @@ from dbdist.data.augment import Augmentation
 from dbdist.data.manifest import check_compatible, read_manifest
 from dbdist.data.writer import write_bytes_atomically
 from dbdist.diffusion import NoiseSchedule
+from dbdist.formats.export import EXPORT_DTYPES, export_formats
 from dbdist.gcs_paths import check_buckets
 from dbdist.lora.adapters import add_adapters
 from dbdist.lora.export import export_lora
@@ -67,6 +69,7 @@ flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this glob
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
+flags.DEFINE_enum("export_dtype", "fp16", sorted(EXPORT_DTYPES), "dtype of export/model.safetensors (the single file).")
 flags.DEFINE_integer(
     "lora_rank", None, "LoRA DreamBooth: train rank-R adapters on the UNet's attention projections (q, k, v, out) "
     "instead of the UNet, whose weights stay frozen; exports export/lora.safetensors (diffusers) and "
@@ -74,7 +77,8 @@ flags.DEFINE_integer(
 flags.DEFINE_float("lora_alpha", None, "Adapters scale by lora_alpha / lora_rank; default: the rank (scale 1), as diffusers.")
 flags.DEFINE_bool("lora_text_encoder", False, "With --lora_rank: adapters on the text encoder's attention projections too "
                   "(at --text_encoder_learning_rate).")
-flags.DEFINE_bool("merge_lora", False, "With --lora_rank: also export/unet.h5 (and text_encoder.h5) with the adapters merged in.")
+flags.DEFINE_bool("merge_lora", False, "With --lora_rank: also the full exports (export/unet.h5, diffusers/, model.safetensors) "
+                  "with the adapters merged in.")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps (a multiple of --steps_per_loop).")
@@ -113,6 +117,7 @@ def _run_config(model, manifest):
             steps_per_loop=FLAGS.steps_per_loop,
             grad_accum_steps=FLAGS.grad_accum_steps,
             train_text_encoder=FLAGS.train_text_encoder,
+            export_dtype=FLAGS.export_dtype,
             checkpoint_every=FLAGS.checkpoint_every,
             keep_checkpoints=FLAGS.keep_checkpoints,
             validation_every=FLAGS.validation_every,
@@ -326,16 +331,28 @@ def main(argv):
     if chief:
         export_dir = os.path.join(train.output_dir, "export")
         if train.lora_rank:
-            adapted = {UNET: state.unet, **({TEXT_ENCODER: state.text_encoder} if train.lora_text_encoder else {})}
+            text_encoder = state.text_encoder if train.lora_text_encoder else None
+            adapted = {UNET: state.unet, **({TEXT_ENCODER: text_encoder} if text_encoder is not None else {})}
             export_lora(export_dir, config.model, adapted, merge=train.merge_lora)
+            if train.merge_lora:  # the networks now hold the adapters in their kernels
+                _export_other_formats(config, state.unet, text_encoder, export_dir)
         else:
             save_keras_cv_h5(state.unet, os.path.join(export_dir, "unet.h5"))
             if state.text_encoder is not None:
                 save_keras_cv_h5(state.text_encoder, os.path.join(export_dir, "text_encoder.h5"))
+            _export_other_formats(config, state.unet, state.text_encoder, export_dir)
         records = read_metrics(os.path.join(train.output_dir, "metrics.jsonl"))
         if records:
             plot_loss_curve(records, os.path.join(train.output_dir, "loss_curve.png"))
         logging.info("exported %s", export_dir)
+
+
+def _export_other_formats(config, unet, text_encoder, export_dir):
+    """export/diffusers/ and export/model.safetensors, beside the keras-cv files (dbdist/formats/export.py).
+    Engine-free: any engine passes its trained Keras networks (text_encoder None when not trained)."""
+    trained = {"unet": unet, **({"text_encoder": text_encoder} if text_encoder is not None else {})}
+    export_formats(export_dir, config.model, trained, weights=config.runtime.weights, vocab_path=FLAGS.vocab_path,
+                   export_dtype=config.train.export_dtype)
 
 
 def _steps_in_next_loop(step, train):

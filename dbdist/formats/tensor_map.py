@@ -23,6 +23,30 @@ class TensorKey:
     shape: tuple  # the tensor's shape in the file
     to_keras: Callable[[np.ndarray], np.ndarray]  # file array -> variable array
     from_keras: Callable[[np.ndarray], np.ndarray]  # variable array -> file array
+    # (index, count) when several variables share one tensor, stacked on axis 0 (OpenCLIP's fused
+    # q/k/v `in_proj_weight`): to_keras still takes the whole tensor (and slices its part), but
+    # from_keras gives only this variable's block; `file_tensors` stacks the blocks. None: the whole tensor.
+    part: tuple = None
+
+
+def file_tensors(tensor_keys, variable_arrays):
+    """{key: file array} for `tensor_keys` and their variables' arrays (same order), parts stacked.
+
+    What a writer stores: each variable through its from_keras; a tensor shared by
+    several variables (`part`) is their blocks concatenated on axis 0 in part order.
+    """
+    tensors, parts = {}, {}
+    for tensor_key, array in zip(tensor_keys, variable_arrays, strict=True):
+        if tensor_key.part is None:
+            tensors[tensor_key.key] = tensor_key.from_keras(array)
+        else:
+            parts.setdefault(tensor_key.key, {})[tensor_key.part] = tensor_key.from_keras(array)
+    for key, blocks in parts.items():
+        count = next(iter(blocks))[1]
+        if sorted(blocks) != [(i, count) for i in range(count)]:
+            raise ValueError(f"{key}: parts {sorted(blocks)} do not make up the tensor's {count} blocks")
+        tensors[key] = np.concatenate([blocks[(i, count)] for i in range(count)], axis=0)
+    return tensors
 
 
 def _same(array):
@@ -48,7 +72,8 @@ def check_layout(layout):
 
 def dense(layer, key):
     """A Keras Dense as torch.nn.Linear `key` (`key.weight` (out, in), `key.bias`)."""
-    kernel = layer.kernel
+    # The stored variable: with LoRA adapters (dbdist/lora) `layer.kernel` is a computed sum, not a variable.
+    kernel = layer._kernel
     keys = [TensorKey(kernel, f"{key}.weight", tuple(reversed(kernel.shape)), _transpose_dense, _transpose_dense)]
     if layer.use_bias:
         keys.append(TensorKey(layer.bias, f"{key}.bias", tuple(layer.bias.shape), _same, _same))

@@ -28,6 +28,8 @@ def _check(config: UNetConfig):
             raise ValueError(f"UNet level with {channels} channels cannot split into {heads} attention heads")
         if channels % config.norm_groups:
             raise ValueError(f"UNet level with {channels} channels is not divisible into {config.norm_groups} norm groups")
+    if config.geglu_activation not in ("gelu", "gelu_erf"):
+        raise ValueError(f"geglu_activation must be gelu (tanh form) or gelu_erf, got {config.geglu_activation!r}")
 
 
 def build_unet(config: UNetConfig, latent_size=None, context_length=77, name="unet"):
@@ -42,7 +44,8 @@ def build_unet(config: UNetConfig, latent_size=None, context_length=77, name="un
     def transformer(level, x, ctx):
         head_size = channels[level] // heads[level]
         return SpatialTransformer(
-            heads[level], head_size, linear_projection=config.linear_projection, norm_groups=groups
+            heads[level], head_size, linear_projection=config.linear_projection, norm_groups=groups,
+            norm_epsilon=config.transformer_norm_epsilon, gelu_approximate=config.geglu_activation == "gelu",
         )([x, ctx])
 
     # Input creation order matters: it fixes the model's layer order.

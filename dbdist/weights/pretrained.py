@@ -2,9 +2,10 @@
 
 from absl import logging
 
+from dbdist.formats import detect
+from dbdist.formats.networks import faithful_config
 from dbdist.models import build_models
 from dbdist.weights import sources
-from dbdist.weights.keras_cv_h5 import load_keras_cv_h5
 
 # `tiny`'s weights are one fixed random draw, as if it were a published checkpoint. Not --seed:
 # make_tfrecords, train and generate run with different --seed values (data order, noise,
@@ -21,13 +22,19 @@ def load_networks(config, networks, weights_dir="", files=None):
     initialisation (RANDOM_INIT_SEED).
     """
     files = files or {}
+    found = detect.weights_format(weights_dir) if weights_dir else None
+    if found in (detect.DIFFUSERS, detect.SINGLE_FILE):
+        # Weights from SD's own tools run with their maths (exact GELU, their norm epsilons), not keras-cv's.
+        config = faithful_config(config)
     models = build_models(config, networks, seed=RANDOM_INIT_SEED)
     for network in networks:
-        path = files.get(network) or sources.resolve(config.preset, network, weights_dir)
         model = getattr(models, network)
+        if not files.get(network) and found in (detect.DIFFUSERS, detect.SINGLE_FILE):
+            detect.load_from_weights(model, network, config, weights_dir, found)
+            continue
+        path = files.get(network) or sources.resolve(config.preset, network, weights_dir)
         if path is None:
             logging.info("%s: random initialisation from seed %d (preset %s)", network, RANDOM_INIT_SEED, config.preset)
             continue
-        logging.info("%s: loading %s", network, path)
-        load_keras_cv_h5(model, path)
+        detect.load_file(model, network, config, path)  # .h5, or a .safetensors / diffusers unet/ for --unet_weights
     return models
