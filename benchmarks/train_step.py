@@ -29,6 +29,7 @@ flags.DEFINE_integer("steps", 20, "Timed steps.")
 flags.DEFINE_integer("steps_per_loop", 5, "Steps per compiled loop.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the per-replica step.")
 flags.DEFINE_string("mixed_precision", "no", "no | bf16 | fp16.")
+flags.DEFINE_integer("lora_rank", 0, "Train rank-R LoRA adapters on the UNet's attention instead of the UNet (0: full fine-tuning).")
 flags.DEFINE_bool("all", False, "Run the CPU matrix in subprocesses.")
 
 MATRIX = [
@@ -36,6 +37,7 @@ MATRIX = [
     dict(model="tiny", strategy="one_device", jit_compile=True),
     dict(model="tiny", strategy="mirrored", num_cpu_devices=2),
     dict(model="sd-v1", resolution=64, strategy="one_device", global_batch_size=1, steps=3, steps_per_loop=1),
+    dict(model="sd-v1", resolution=64, strategy="one_device", global_batch_size=1, steps=3, steps_per_loop=1, lora_rank=4),
 ]
 
 
@@ -70,7 +72,10 @@ def _write_records(directory, model, count=16):
 
 
 def _one_row():
+    import resource
+
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from dbdist.config import OptimConfig, model_config, with_resolution
@@ -79,6 +84,7 @@ def _one_row():
     from dbdist.data.reader import make_train_dataset
     from dbdist.diffusion import NoiseSchedule
     from dbdist.diffusion.dreambooth_loss import LossSettings
+    from dbdist.lora.adapters import add_adapters
     from dbdist.models import build_models
     from dbdist.training import input as train_input
     from dbdist.training.loop import make_train_loop
@@ -106,6 +112,8 @@ def _one_row():
     with strategy.scope():
         models = build_models(model, ("unet", "vae_encoder"))
         models.vae_encoder.trainable = False
+        if FLAGS.lora_rank:
+            add_adapters(models.unet, "unet", model, FLAGS.lora_rank)
         optimizer = build_optimizer(OptimConfig())
         optimizer.build(models.unet.trainable_variables)
         state = TrainState(models.unet, models.vae_encoder, optimizer, NoiseSchedule(), tf.Variable(0, dtype=tf.int64))
@@ -127,7 +135,10 @@ def _one_row():
         "mixed_precision": FLAGS.mixed_precision, "global_batch_size": FLAGS.global_batch_size,
         "first_loop_seconds": round(compile_seconds, 1), "step_seconds": round(step_seconds, 4),
         "images_per_sec": round(2 * FLAGS.global_batch_size / step_seconds, 2),
-        "input_records_per_sec": round(records_per_sec, 1),
+        "input_records_per_sec": round(records_per_sec, 1), "lora_rank": FLAGS.lora_rank,
+        "trainable_parameters": int(sum(np.prod(v.shape) for v in models.unet.trainable_variables)),
+        # The process's peak resident memory (Linux reports KiB): weights, optimizer state, activations.
+        "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }), flush=True)
 
 

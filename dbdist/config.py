@@ -247,8 +247,23 @@ class TrainConfig:
     keep_checkpoints: int = 3
     validation_every: int = 0
     validation_prompt: str = ""
+    # LoRA DreamBooth (dbdist/lora/): adapters of this rank on the UNet's attention projections
+    # train instead of the UNet, whose weights stay frozen. None: full fine-tuning.
+    lora_rank: Optional[int] = None
+    # The adapters' output is scaled by lora_alpha / lora_rank (PEFT's); the flag's default is
+    # the rank (scale 1), as diffusers' train_dreambooth_lora.py.
+    lora_alpha: Optional[float] = None
+    # Adapters on the text encoder's attention projections too (trained at text_encoder_learning_rate).
+    lora_text_encoder: bool = False
+    # Also write export/unet.h5 (and text_encoder.h5) with the adapters folded in.
+    merge_lora: bool = False
     # Recompute the UNet blocks' activations in the backward pass instead of keeping them (JAX engine).
     gradient_checkpointing: bool = False
+
+    @property
+    def trains_text_encoder(self):
+        """The text encoder is trained: all of it, or its LoRA adapters."""
+        return self.train_text_encoder or self.lora_text_encoder
 
 
 # --strategy values of each engine (dbdist/training/strategy.py, dbdist/jax_engine/mesh.py).
@@ -324,6 +339,7 @@ class RunConfig:
             )
         if t.validation_every and not t.validation_prompt:
             raise UserError("validation_every needs a validation_prompt")
+        self._validate_lora()
         if r.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
         self._validate_engine()
@@ -343,6 +359,24 @@ class RunConfig:
                             "use bf16 (fp32 master weights) or no")
         if r.engine == "tf" and self.train.gradient_checkpointing:
             raise UserError("--gradient_checkpointing is supported by the JAX engine only (KERAS_BACKEND=jax or --engine=jax)")
+
+    def _validate_lora(self):
+        t = self.train
+        if t.lora_rank is None:
+            for name in ("lora_text_encoder", "merge_lora"):
+                if getattr(t, name):
+                    raise UserError(f"{name} needs lora_rank (LoRA training), which is not set")
+            if t.lora_alpha is not None:
+                raise UserError(f"lora_alpha ({t.lora_alpha}) needs lora_rank (LoRA training), which is not set")
+            return
+        if t.lora_rank < 1:
+            raise UserError(f"lora_rank must be >= 1, got {t.lora_rank}")
+        if t.lora_alpha is not None and not t.lora_alpha > 0:
+            raise UserError(f"lora_alpha must be > 0, got {t.lora_alpha}")
+        if t.train_text_encoder:
+            raise UserError(
+                "train_text_encoder fine-tunes all of the text encoder; with lora_rank use lora_text_encoder "
+                "(adapters on its attention projections) instead")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -6,8 +6,8 @@ How to run (the tiny demo; see README for sd-v1 on a GPU, launch/ for TPU VMs an
 What to expect: a progress line every --log_every steps (step, loss, img/s, ETA),
 then in output_dir: config.json, metrics.jsonl, tensorboard/, checkpoints/,
 loss_curve.png, export/unet.h5 (keras-cv layout), export/diffusers/ and export/model.safetensors
-(dbdist/formats/export.py). Running the same command
-again resumes from the newest checkpoint. Under KERAS_BACKEND=jax (or --engine=jax) the JAX
+(dbdist/formats/export.py); with --lora_rank, export/lora.safetensors instead (dbdist/lora/). Running
+the same command again resumes from the newest checkpoint. Under KERAS_BACKEND=jax (or --engine=jax) the JAX
 engine (dbdist/jax_engine/) trains instead, with --strategy=one_device or data_parallel.
 """
 
@@ -32,6 +32,9 @@ from dbdist.data.writer import write_bytes_atomically
 from dbdist.diffusion.dreambooth_loss import LossSettings
 from dbdist.formats.export import EXPORT_DTYPES, export_formats
 from dbdist.gcs_paths import check_buckets
+from dbdist.lora.adapters import add_adapters
+from dbdist.lora.export import export_lora
+from dbdist.lora.targets import TEXT_ENCODER, UNET
 from dbdist.plots import plot_loss_curve
 from dbdist.training import cloud_env
 from dbdist.training.checkpointing import check_resume_compatible, check_same_engine
@@ -64,6 +67,15 @@ flags.DEFINE_float("snr_gamma", None, "min-SNR-gamma weighting of the instance l
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
 flags.DEFINE_enum("export_dtype", "fp16", sorted(EXPORT_DTYPES), "dtype of export/model.safetensors (the single file).")
+flags.DEFINE_integer(
+    "lora_rank", None, "LoRA DreamBooth: train rank-R adapters on the UNet's attention projections (q, k, v, out) "
+    "instead of the UNet, whose weights stay frozen; exports export/lora.safetensors (diffusers) and "
+    "export/lora_kohya.safetensors (web UIs).")
+flags.DEFINE_float("lora_alpha", None, "Adapters scale by lora_alpha / lora_rank; default: the rank (scale 1), as diffusers.")
+flags.DEFINE_bool("lora_text_encoder", False, "With --lora_rank: adapters on the text encoder's attention projections too "
+                  "(at --text_encoder_learning_rate).")
+flags.DEFINE_bool("merge_lora", False, "With --lora_rank: also the full exports (export/unet.h5, diffusers/, model.safetensors) "
+                  "with the adapters merged in.")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
 flags.DEFINE_integer("log_every", 10, "Log metrics every this many steps (and at the last step).")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint every this many steps (a multiple of --steps_per_loop).")
@@ -119,6 +131,12 @@ def _run_config(model, manifest, engine):
             validation_every=FLAGS.validation_every,
             validation_prompt=FLAGS.validation_prompt,
             gradient_checkpointing=FLAGS.gradient_checkpointing,
+            lora_rank=FLAGS.lora_rank,
+            # Resolved here, so config.json (and the resume check) records the scale trained with.
+            lora_alpha=FLAGS.lora_alpha if FLAGS.lora_alpha is not None or FLAGS.lora_rank is None
+            else float(FLAGS.lora_rank),
+            lora_text_encoder=FLAGS.lora_text_encoder,
+            merge_lora=FLAGS.merge_lora,
         ),
         runtime=RuntimeConfig(
             engine=engine,
@@ -149,9 +167,10 @@ def _start_engine(config):
 
 def _build_networks(config, engine, need_vae_encoder=True):
     """The networks the run trains or uses, built where the engine wants its variables."""
+    train = config.train
     # Cached latents make the VAE encoder unnecessary: it is not even built.
     networks = ("unet",) + (("vae_encoder",) if need_vae_encoder else ()) + (
-        ("text_encoder",) if config.train.train_text_encoder else ())
+        ("text_encoder",) if train.trains_text_encoder else ())
     with engine.scope():
         # Weights come from (1) the latest checkpoint, restored later over these, else
         # (2) --unet_weights / --weights / keras-cv's published files, else (3) tiny's
@@ -165,6 +184,12 @@ def _build_networks(config, engine, need_vae_encoder=True):
         )
         if need_vae_encoder:
             models.vae_encoder.trainable = False  # frozen: it only encodes the images
+        if train.lora_rank:
+            # After the weights load (their files hold no adapters): only the adapters train,
+            # in either engine (each trains its networks' trainable variables).
+            for network in (UNET, TEXT_ENCODER) if train.lora_text_encoder else (UNET,):
+                add_adapters(getattr(models, network), network, config.model, train.lora_rank, train.lora_alpha,
+                             seed=train.seed)
     return models
 
 
@@ -314,10 +339,16 @@ def main(argv):
     if chief:
         unet, text_encoder = engine.trained_networks()
         export_dir = os.path.join(train.output_dir, "export")
-        save_keras_cv_h5(unet, os.path.join(export_dir, "unet.h5"))
-        if text_encoder is not None:
-            save_keras_cv_h5(text_encoder, os.path.join(export_dir, "text_encoder.h5"))
-        _export_other_formats(config, unet, text_encoder, export_dir)
+        if train.lora_rank:
+            adapted = {UNET: unet, **({TEXT_ENCODER: text_encoder} if text_encoder is not None else {})}
+            export_lora(export_dir, config.model, adapted, merge=train.merge_lora)
+            if train.merge_lora:  # the networks now hold the adapters in their kernels
+                _export_other_formats(config, unet, text_encoder, export_dir)
+        else:
+            save_keras_cv_h5(unet, os.path.join(export_dir, "unet.h5"))
+            if text_encoder is not None:
+                save_keras_cv_h5(text_encoder, os.path.join(export_dir, "text_encoder.h5"))
+            _export_other_formats(config, unet, text_encoder, export_dir)
         records = read_metrics(os.path.join(train.output_dir, "metrics.jsonl"))
         if records:
             plot_loss_curve(records, os.path.join(train.output_dir, "loss_curve.png"))

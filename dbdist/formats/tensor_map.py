@@ -72,7 +72,8 @@ def check_layout(layout):
 
 def dense(layer, key):
     """A Keras Dense as torch.nn.Linear `key` (`key.weight` (out, in), `key.bias`)."""
-    kernel = layer.kernel
+    # The stored variable: with LoRA adapters (dbdist/lora) `layer.kernel` is a computed sum, not a variable.
+    kernel = layer._kernel
     keys = [TensorKey(kernel, f"{key}.weight", tuple(reversed(kernel.shape)), _transpose_dense, _transpose_dense)]
     if layer.use_bias:
         keys.append(TensorKey(layer.bias, f"{key}.bias", tuple(layer.bias.shape), _same, _same))

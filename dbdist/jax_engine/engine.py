@@ -48,7 +48,7 @@ class JaxEngine:
         config, train = self.config, self.config.train
         self.networks = jax_step.Networks(
             unet=models.unet, vae_encoder=models.vae_encoder,
-            text_encoder=models.text_encoder if train.train_text_encoder else None,
+            text_encoder=models.text_encoder if train.trains_text_encoder else None,
         )
         self.optimizer = build_optimizer(config.optim, self.networks.groups(), total_steps=train.max_train_steps)
         self.state = jax_step.init_state(self.networks, self.optimizer, self.mesh)

@@ -28,6 +28,9 @@ _MUST_MATCH = (
     ("train", "prior_loss_weight"),
     ("train", "noise_offset"),
     ("train", "snr_gamma"),
+    ("train", "lora_rank"),
+    ("train", "lora_alpha"),
+    ("train", "lora_text_encoder"),
     ("runtime", "mixed_precision"),
 )
 # Settings added since runs were first recorded: a config.json without one ran with this value.
@@ -35,6 +38,9 @@ _ABSENT_MEANS = {
     ("train", "noise_offset"): 0.0,
     ("train", "snr_gamma"): None,
     ("model", "text_encoder", "pad_token_id"): LEGACY_PAD_TOKEN_ID,
+    ("train", "lora_rank"): None,
+    ("train", "lora_alpha"): None,
+    ("train", "lora_text_encoder"): False,
 }
 
 

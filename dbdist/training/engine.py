@@ -50,7 +50,7 @@ class TfEngine:
                 if config.runtime.mixed_precision == "fp16"
                 else None,
             )
-            if train.train_text_encoder:
+            if train.trains_text_encoder:
                 state.text_encoder = models.text_encoder
                 state.text_optimizer = build_optimizer(
                     config.optim, learning_rate=config.optim.text_encoder_learning_rate, total_steps=total_steps
