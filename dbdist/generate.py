@@ -65,6 +65,9 @@ def _model_and_weights():
     # Prompts padded as in training: a run from before pad ids were per preset padded with the end token.
     pad = run["model"]["text_encoder"].get("pad_token_id", LEGACY_PAD_TOKEN_ID)
     model = dataclasses.replace(model, text_encoder=dataclasses.replace(model.text_encoder, pad_token_id=pad))
+    # Sampled as trained: a run from an imported v-prediction model recorded it (older runs: epsilon).
+    prediction_type = run["model"].get("schedule", {}).get("prediction_type", "epsilon")
+    model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, prediction_type=prediction_type))
     weights_dir = FLAGS.weights or run["runtime"]["weights"]
     unet_path = os.path.join(FLAGS.run_dir, "export", "unet.h5")
     if run["train"].get("lora_rank") and not tf.io.gfile.exists(unet_path):
