@@ -26,7 +26,8 @@ SEED = flags.DEFINE_integer("seed", 0, "Random seed: data order, training noise,
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Records made by `python -m dbdist.make_tfrecords` (local or gs://).")
 OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where this command writes its results (local or gs://).")
 VOCAB_PATH = flags.DEFINE_string(
-    "vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, local or gs://); empty downloads keras-cv's copy."
+    "vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, local or gs://); empty: a diffusers --weights "
+    "folder's tokenizer/, else keras-cv's copy (downloaded)."
 )
 UNET_WEIGHTS = flags.DEFINE_string(
     "unet_weights", "", "A UNet: a keras-cv layout .h5 (e.g. a DreamBooth export/unet.h5), a .safetensors (single-file "
