@@ -1,5 +1,7 @@
 """absl flags shared by the dbdist commands (importing this module defines them)."""
 
+import dataclasses
+
 from absl import flags
 
 from dbdist.config import JAX_STRATEGIES, MODEL_PRESETS, TF_STRATEGIES, model_config, with_resolution
@@ -14,12 +16,18 @@ WEIGHTS = flags.DEFINE_string(
     "(model_index.json, unet/, vae/, text_encoder/), or a single-file .safetensors checkpoint (SD 1.x/2.x). "
     "Empty: keras-cv's published files for sd-v1/sd-v2 (downloaded once, hash-checked); fixed random weights for tiny.",
 )
-RESOLUTION = flags.DEFINE_integer("resolution", None, "Training image size in pixels (multiple of 8); default: the preset's.")
+RESOLUTION = flags.DEFINE_integer("resolution", None, "Training image size in pixels (multiple of 8); default: the "
+                                  "diffusers or single-file --weights' own (see --prediction_type), else the preset's.")
+PREDICTION_TYPE = flags.DEFINE_enum(
+    "prediction_type", None, ["epsilon", "v_prediction"], "What the UNet predicts; default: what a diffusers "
+    "folder's scheduler/scheduler_config.json says, or for a single .safetensors what diffusers infers (SD 2.x: "
+    "v_prediction at 768 px), else the preset's (epsilon).")
 SEED = flags.DEFINE_integer("seed", 0, "Random seed: data order, training noise, sampling noise (not tiny's weights, which are fixed).")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Records made by `python -m dbdist.make_tfrecords` (local or gs://).")
 OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where this command writes its results (local or gs://).")
 VOCAB_PATH = flags.DEFINE_string(
-    "vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, local or gs://); empty downloads keras-cv's copy."
+    "vocab_path", "", "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, local or gs://); empty: a diffusers --weights "
+    "folder's tokenizer/, else keras-cv's copy (downloaded)."
 )
 UNET_WEIGHTS = flags.DEFINE_string(
     "unet_weights", "", "A UNet: a keras-cv layout .h5 (e.g. a DreamBooth export/unet.h5), a .safetensors (single-file "
@@ -39,5 +47,13 @@ RANDOM_FLIP = flags.DEFINE_bool(
 
 
 def selected_model_config(resolution=None):
-    """The --model preset at --resolution (or the `resolution` given, e.g. from a manifest)."""
-    return with_resolution(model_config(MODEL.value), resolution or RESOLUTION.value)
+    """The --model preset at --resolution (or the `resolution` given, e.g. from a manifest), with the
+    prediction type and resolution a diffusers or single-file --weights states (flags win)."""
+    from dbdist.formats.source_settings import read_source_settings
+
+    config = model_config(MODEL.value)
+    source = read_source_settings(WEIGHTS.value, config.vae.downsample_factor)
+    prediction_type = PREDICTION_TYPE.value or source.prediction_type or config.schedule.prediction_type
+    config = dataclasses.replace(
+        config, schedule=dataclasses.replace(config.schedule, prediction_type=prediction_type))
+    return with_resolution(config, resolution or RESOLUTION.value or source.resolution)

@@ -24,7 +24,7 @@ from dbdist.errors import MissingInputError, UserError
 from dbdist.gcs_paths import check_buckets
 from dbdist.lora.export import apply_lora, read_lora_for
 from dbdist.sampling import Sampler
-from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
+from dbdist.formats.tokenizer_files import command_tokenizer
 from dbdist.progress import Progress
 from dbdist.weights.fingerprint import check_same_encoders, fingerprints_of, load_fingerprints
 from dbdist.weights.pretrained import load_networks
@@ -65,6 +65,9 @@ def _model_and_weights():
     # Prompts padded as in training: a run from before pad ids were per preset padded with the end token.
     pad = run["model"]["text_encoder"].get("pad_token_id", LEGACY_PAD_TOKEN_ID)
     model = dataclasses.replace(model, text_encoder=dataclasses.replace(model.text_encoder, pad_token_id=pad))
+    # Sampled as trained: a run from an imported v-prediction model recorded it (older runs: epsilon).
+    prediction_type = run["model"].get("schedule", {}).get("prediction_type", "epsilon")
+    model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, prediction_type=prediction_type))
     weights_dir = FLAGS.weights or run["runtime"]["weights"]
     unet_path = os.path.join(FLAGS.run_dir, "export", "unet.h5")
     if run["train"].get("lora_rank") and not tf.io.gfile.exists(unet_path):
@@ -115,7 +118,7 @@ def main(argv):
     _check_num_steps(FLAGS.num_steps, model.schedule.num_train_timesteps)
     lora_path = _lora_path(run, files)
     lora = read_lora_for(model, lora_path) if lora_path else None  # checked before any network is built
-    tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
+    tokenizer = command_tokenizer(FLAGS.vocab_path, weights_dir)
     tokenizer.tokenize(FLAGS.prompt, model.text_encoder.max_length)  # a too-long prompt fails before any model is built
     tokenizer.tokenize(FLAGS.negative_prompt, model.text_encoder.max_length)
     networks = load_networks(

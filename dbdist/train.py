@@ -201,14 +201,14 @@ def _validation_sampler(config, engine):
     creating a variable is a collective the other workers would have to join (building them
     there on every worker instead would hold a decoder and text encoder on each for nothing).
     """
+    from dbdist.formats.tokenizer_files import command_tokenizer
     from dbdist.sampling import Sampler
-    from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
 
     extra = load_networks(config.model, ("vae_decoder", "text_encoder"), config.runtime.weights)
     extra.unet, text_encoder = engine.trained_networks()
     if text_encoder is not None:
         extra.text_encoder = text_encoder
-    tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
+    tokenizer = command_tokenizer(FLAGS.vocab_path, config.runtime.weights)
     return Sampler(config.model, extra, tokenizer, compile=engine.compile_for_sampling)
 
 

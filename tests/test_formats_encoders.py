@@ -200,3 +200,41 @@ def test_full_size_export_keys_and_shapes_equal_diffusers(network):
     for layout in LAYOUTS:
         exported = sorted({k.key: list(k.shape) for k in key_map(layout)}.items())
         assert [list(item) for item in exported] == full[f"{network}/{layout}"], layout
+
+
+def _prompt_token_ids(records_dir):
+    """Sorted token-id rows of a records folder's prompt table."""
+    import tensorflow as tf
+
+    from dbdist.data import features
+
+    rows = []
+    for path in sorted(records_dir.glob("prompts-*.tfrecord")):
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            rows.append(tuple(tf.train.Example.FromString(record).features.feature[features.TOKEN_IDS].int64_list.value))
+    return sorted(rows)
+
+
+@pytest.mark.slow  # exports tiny's whole pipeline, then two make_tfrecords runs (~1-2 min on 2 loaded cores)
+def test_make_tfrecords_tokenizes_with_a_diffusers_folders_tokenizer(tmp_path, vocab_path, sample_images, monkeypatch):
+    from commands import run_command
+
+    from dbdist.formats.export import export_formats
+    from dbdist.weights.pretrained import load_networks
+
+    tiny = model_config("tiny")
+    export_formats(tmp_path / "base", tiny, {"unet": load_networks(tiny, ("unet",)).unet}, vocab_path=vocab_path,
+                   export_dtype="fp32")
+    folder = tmp_path / "base" / "diffusers"
+    assert (folder / "tokenizer" / "vocab.json").is_file()
+    common = dict(model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball, ünïcode!")
+    run_command("make_tfrecords", output_dir=tmp_path / "bpe", vocab_path=vocab_path, **common)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded keras-cv's CLIP vocabulary instead of reading the folder's tokenizer/")
+
+    # No --vocab_path and no download: only the folder's tokenizer/ can encode the prompts.
+    monkeypatch.setattr(keras.utils, "get_file", no_download)
+    run_command("make_tfrecords", output_dir=tmp_path / "folder", weights=folder, **common)
+    ids = _prompt_token_ids(tmp_path / "folder")
+    assert ids and ids == _prompt_token_ids(tmp_path / "bpe")

@@ -398,3 +398,63 @@ def test_jax_adamw_is_the_tf_engines_update():
         relative = np.abs(np.asarray(got) - expected.numpy()) / np.abs(expected.numpy())
         print(f"\n[adamw] JAX vs TF engine after 3 steps: max relative |dw| = {relative.max():.3g}")
         assert relative.max() <= 5e-7
+
+
+_LORA_CHECK = """
+import json, sys
+import numpy as np
+from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig, model_config
+from dbdist.jax_engine.engine import JaxEngine
+from dbdist.lora.adapters import add_adapters, adapted_layers
+from dbdist.lora.export import apply_lora, read_lora_for
+from dbdist.weights.pretrained import load_networks
+
+run_dir, weights = sys.argv[1], sys.argv[2]
+tiny = model_config("tiny")
+networks = ("unet", "vae_encoder", "text_encoder")
+config = RunConfig(tiny, DataConfig(), OptimConfig(), TrainConfig(
+    output_dir=run_dir, max_train_steps=2, lora_rank=2, lora_alpha=4.0, lora_text_encoder=True),
+    RuntimeConfig(strategy="one_device", weights=weights))
+engine = JaxEngine(config)
+trained = load_networks(tiny, networks, weights_dir=weights)
+for network in ("unet", "text_encoder"):
+    add_adapters(getattr(trained, network), network, tiny, 2, 4.0)
+engine.build_state(trained)
+assert engine.restore_latest() == 2
+engine.trained_networks()  # the checkpoint's weights into the Keras models
+base = load_networks(tiny, networks, weights_dir=weights)
+frozen_identical, b_trained = True, True
+for network in ("unet", "text_encoder"):
+    model, base_model = getattr(trained, network), getattr(base, network)
+    base_variables = [v for v in model.weights if v.name not in ("lora_kernel_a", "lora_kernel_b")]
+    assert len(base_variables) == len(base_model.weights)
+    frozen_identical &= all(np.asarray(v).tobytes() == np.asarray(o).tobytes()
+                            for v, o in zip(base_variables, base_model.weights))
+    b_trained &= all(bool(np.any(np.asarray(p.dense.lora_kernel_b))) for p in adapted_layers(model, network, tiny))
+apply_lora(base, read_lora_for(tiny, run_dir + "/export/lora.safetensors"))
+rng = np.random.default_rng(0)
+unet_inputs = [rng.normal(size=(2, 8, 8, 4)).astype("float32"), rng.normal(size=(2, 32)).astype("float32"),
+               rng.normal(size=(2, 77, 32)).astype("float32")]
+tokens = rng.integers(0, tiny.text_encoder.vocab_size, size=(2, 77)).astype("int32")
+worst = 0.0
+for network, inputs in (("unet", unet_inputs), ("text_encoder", tokens)):
+    expected = np.asarray(getattr(trained, network)(inputs))
+    got = np.asarray(getattr(base, network)(inputs))
+    worst = max(worst, float(np.abs(got - expected).max() / np.abs(expected).max()))
+print(json.dumps({"frozen_identical": frozen_identical, "b_trained": b_trained, "file_vs_run": worst}))
+"""
+
+
+@pytest.mark.slow  # a 2-step JAX train run and a JAX process restoring it: ~3 min on a loaded 2-core machine
+def test_lora_under_jax_trains_only_the_adapters_and_exports_them(records_dir, tiny_weights, tmp_path):
+    run_dir = tmp_path / "run"
+    _run(tmp_path / "train.log", data_dir=records_dir, weights=tiny_weights, output_dir=run_dir, model="tiny",
+         strategy="one_device", max_train_steps=2, global_batch_size=2, seed=0, lora_rank=2, lora_alpha=4,
+         lora_text_encoder=True, learning_rate=1e-2, text_encoder_learning_rate=1e-2)
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["lora.safetensors", "lora_kohya.safetensors"]
+    result = _run_under_jax(_LORA_CHECK.replace("sys.argv[1], sys.argv[2]", f"{str(run_dir)!r}, {str(tiny_weights)!r}"))
+    # The checkpoint's base weights are the loaded ones bit for bit; every adapter's B moved from zero.
+    assert result["frozen_identical"] and result["b_trained"], result
+    # Base + exported file vs the run's adapted networks: float32 sums in another order (merged kernel
+    # vs x(W + s AB)), as test_lora.py: 1e-5 of the output's scale.
+    assert result["file_vs_run"] <= 1e-5, result

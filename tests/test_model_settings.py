@@ -1,10 +1,18 @@
 """Each preset's model settings as its model was trained: resolution, prediction type, prompt padding."""
 
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+import safetensors.numpy
 from keras import ops
 
-from dbdist.config import ScheduleConfig, model_config
+from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, ScheduleConfig, TrainConfig, model_config
+from dbdist.errors import UserError
+from dbdist.formats.source_settings import SourceSettings, read_source_settings
 from dbdist.diffusion import NoiseSchedule
 from dbdist.diffusion.ddim import ddim_sample
 
@@ -76,3 +84,75 @@ def test_runs_recorded_before_pad_ids_resume_only_where_the_padding_is_unchanged
                 check_resume_compatible(str(saved), recorded(preset, resolution))
     with pytest.raises(UserError, match=r"model.resolution: 768 in the checkpoint, 512 now"):
         check_resume_compatible(str(saved), recorded("sd-v2", 512))
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "diffusers"
+_SD2_KEY = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+
+
+def _selected_model(**flag_values):
+    """common_flags.selected_model_config() under `flag_values`, as every command calls it."""
+    from absl import flags
+
+    from dbdist import common_flags
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["dbdist"] + [f"--{key}={value}" for key, value in flag_values.items()])
+    try:
+        return common_flags.selected_model_config()
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def _diffusers_folder(tmp_path, scheduler):
+    folder = tmp_path / "sd2"
+    shutil.copytree(FIXTURES / "sd2", folder)
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return folder
+
+
+def test_a_diffusers_folder_gives_its_prediction_type_and_resolution_unless_flags_say(tmp_path):
+    folder = _diffusers_folder(tmp_path, {"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"})
+    model = _selected_model(model="sd-v2", weights=folder)
+    # The fixture UNet's sample_size is 16 latent pixels: x 8 (the VAE's downsampling) = 128 px.
+    assert (model.schedule.prediction_type, model.resolution) == ("v_prediction", 128)
+    run = RunConfig(model, DataConfig(), OptimConfig(), TrainConfig(), RuntimeConfig())
+    assert json.loads(run.to_json())["model"]["schedule"]["prediction_type"] == "v_prediction"  # into config.json
+    model = _selected_model(model="sd-v2", weights=folder, prediction_type="epsilon", resolution=64)
+    assert (model.schedule.prediction_type, model.resolution) == ("epsilon", 64)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "sample"}))
+    with pytest.raises(UserError, match=r"scheduler_config.json: prediction_type 'sample' is not supported"):
+        _selected_model(model="sd-v2", weights=folder)
+
+
+def test_a_single_file_is_read_as_diffusers_reads_it(tmp_path):
+    # diffusers' single_file_utils: SD 2.x (cross-attention keys 1024 wide) is the 768 px v model,
+    # except a global_step of 875000 (512-base, epsilon); SD 1.x is 512 px epsilon.
+    def settings(tensors):
+        path = tmp_path / "model.safetensors"
+        safetensors.numpy.save_file(tensors, str(path))
+        return read_source_settings(path, downsample_factor=8)
+
+    key = np.zeros((8, 1024), np.float16)
+    assert settings({_SD2_KEY: key}) == SourceSettings("v_prediction", 768)
+    assert settings({_SD2_KEY: key, "global_step": np.array(875000, np.int64)}) == SourceSettings("epsilon", 512)
+    assert settings({_SD2_KEY: np.zeros((8, 768), np.float16)}) == SourceSettings("epsilon", 512)
+    assert read_source_settings("", 8) == SourceSettings()  # keras-cv's files: the preset's settings
+
+
+def test_generate_samples_a_run_with_its_recorded_prediction_type(tmp_path):
+    from absl import flags
+
+    from dbdist import generate
+
+    tiny = model_config("tiny")
+    model = dataclasses.replace(tiny, schedule=dataclasses.replace(tiny.schedule, prediction_type="v_prediction"))
+    run = RunConfig(model, DataConfig(), OptimConfig(), TrainConfig(lora_rank=2, lora_alpha=2.0), RuntimeConfig())
+    (tmp_path / "config.json").write_text(run.to_json())
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["generate", f"--run_dir={tmp_path}"])
+    try:
+        assert generate._model_and_weights()[0].schedule.prediction_type == "v_prediction"
+    finally:
+        flags.FLAGS.unparse_flags()

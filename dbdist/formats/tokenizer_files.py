@@ -16,9 +16,11 @@ import json
 import os
 import tempfile
 
+from absl import logging
+
 from dbdist.errors import MissingInputError, UserError
 from dbdist.text.tokenizer import (END_OF_WORD, END_TEXT, START_TEXT, ClipTokenizer, byte_alphabet, parse_merges,
-                                   read_merges)
+                                   read_merges, resolve_vocab_path)
 from dbdist.weights import remote_files
 
 VOCAB_JSON, MERGES_TXT = "vocab.json", "merges.txt"
@@ -71,6 +73,19 @@ def load_tokenizer_folder(folder):
     if pad not in ids:
         raise UserError(f"{folder}: pad token {pad!r} is not in {VOCAB_JSON}")
     return ClipTokenizer.from_merges(merges, ids, pad_token=ids[pad])
+
+
+def command_tokenizer(vocab_path, weights):
+    """The tokenizer every command encodes prompts with: --vocab_path if given, else the tokenizer/
+    of a diffusers --weights folder (the model's own), else keras-cv's CLIP file (downloaded once)."""
+    from dbdist.formats.diffusers_folder import is_diffusers_folder
+
+    folder = os.path.join(str(weights), "tokenizer") if weights else ""
+    if not vocab_path and folder and is_diffusers_folder(weights) and remote_files.exists(
+            os.path.join(folder, VOCAB_JSON)):
+        logging.info("tokenizer: %s", folder)
+        return load_tokenizer_folder(folder)
+    return ClipTokenizer(resolve_vocab_path(vocab_path))
 
 
 def _check_vocab(ids, merges, path):
