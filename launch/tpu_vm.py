@@ -36,8 +36,15 @@ flags.DEFINE_string("install", "", "pip-install dbdist on every worker from a wh
 flags.DEFINE_integer("max_restarts", 0, "Relaunch after a preemption up to this many times (needs --create and --install).")
 flags.DEFINE_bool("delete_after", False, "Delete the TPU VM when the run ends (success or not).")
 flags.DEFINE_string("remote_python", "python3", "The Python interpreter on the workers.")
-flags.DEFINE_enum("engine", "tf", ENGINES, "tf: TensorFlow's TPU build, one client (worker 0 on a slice). jax: the "
-                  "JAX engine (KERAS_BACKEND=jax, jax[tpu] with libtpu from PyPI), one process on every host.")
+# dbdist.train defines --engine too (the same values, default None): a process that imports both
+# (the tests) must define it once, so here it is defined only if absent, and None means tf.
+if "engine" not in flags.FLAGS:
+    flags.DEFINE_enum("engine", None, ENGINES, "tf (default): TensorFlow's TPU build, one client (worker 0 on a slice). "
+                      "jax: the JAX engine (KERAS_BACKEND=jax, jax[tpu] with libtpu from PyPI), one process on every host.")
+
+
+def _engine():
+    return FLAGS.engine or "tf"
 
 SSH_LOST_EXIT_CODE = 255  # ssh's code when the connection drops, as when the VM goes away
 READY = "READY"
@@ -50,12 +57,12 @@ def plan_from_flags(train_args):
     cloud_flags.require("project", "zone", "tpu_name", "accelerator_type")
     try:
         accelerator = tpu_vm_type(FLAGS.accelerator_type)
-        runtime = choose_runtime_for_engine(accelerator, FLAGS.runtime_version, FLAGS.engine)
+        runtime = choose_runtime_for_engine(accelerator, FLAGS.runtime_version, _engine())
     except ValueError as err:
         raise app.UsageError(str(err)) from None
     vm = TpuVm(FLAGS.tpu_name, FLAGS.zone, FLAGS.project, accelerator, runtime, FLAGS.spot,
-               cloud_flags.SERVICE_ACCOUNT.value, FLAGS.engine)
-    if FLAGS.engine == "jax" and cloud_flags.MAKE_TFRECORDS.value.strip():
+               cloud_flags.SERVICE_ACCOUNT.value, _engine())
+    if _engine() == "jax" and cloud_flags.MAKE_TFRECORDS.value.strip():
         # make_tfrecords is a TensorFlow command (strategies, the VAE and text encoder): the JAX
         # install has no TensorFlow TPU build to run it on, and every host would write the records.
         raise app.UsageError("--make_tfrecords runs with TensorFlow, which --engine=jax does not install for the TPU: "
