@@ -5,7 +5,7 @@ from absl import flags
 from dbdist.config import JAX_STRATEGIES, MODEL_PRESETS, TF_STRATEGIES, model_config, with_resolution
 from dbdist.flag_checks import require  # noqa: F401 (the commands call common_flags.require)
 
-MODEL = flags.DEFINE_enum("model", "tiny", sorted(MODEL_PRESETS), "Model preset: tiny (64 px, random weights, CPU), sd-v1 (SD 1.4/1.5), sd-v2 (SD 2.1).")
+MODEL = flags.DEFINE_enum("model", "tiny", sorted(MODEL_PRESETS), "Model preset: tiny (64 px, random weights, CPU), sd-v1 (SD 1.4/1.5), sd-v2 (SD 2.1-base, 512 px).")
 WEIGHTS = flags.DEFINE_string(
     "weights",
     "",

@@ -69,6 +69,11 @@ class TextEncoderConfig:
     num_heads: int = 12
     # "quick_gelu" for OpenAI CLIP (SD 1.x), "gelu" (tanh form, as keras-cv) for OpenCLIP.
     activation: str = "quick_gelu"
+    # The id prompts are padded with to max_length, as the model's own tokenizer pads: OpenAI
+    # CLIP's (SD 1.x) with its end token 49407, OpenCLIP's (SD 2.x) with 0 (open_clip's
+    # tokenize() fills zeros; diffusers' SD 2 tokenizer pads with "!", id 0). The padded
+    # positions' embeddings reach the UNet's cross-attention, so the id matters.
+    pad_token_id: int = 49407
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +84,8 @@ class ScheduleConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
-    # What the UNet predicts. keras-cv's SD 1.x and 2.1 weights predict noise.
+    # What the UNet predicts: "epsilon" (noise) or "v_prediction" (v = sqrt(ab) noise - sqrt(1-ab) x_0);
+    # both the training target and DDIM sampling follow it. keras-cv's SD 1.x and 2.1 files predict noise.
     prediction_type: str = "epsilon"
 
 
@@ -136,21 +142,35 @@ def _sd_v1():
 
 
 def _sd_v2():
-    """Stable Diffusion 2.1 shapes (keras-cv `StableDiffusionV2`)."""
+    """Stable Diffusion 2.1-base (512 px, epsilon) shapes and settings (keras-cv `StableDiffusionV2`).
+
+    Which SD 2.1 keras-cv's file is: keras-cv 0.9.0 (keras_cv/src/models/stable_diffusion/
+    stable_diffusion.py) builds `StableDiffusionV2(img_height=512, img_width=512)` by default and
+    in its examples, and samples it only with an epsilon DDIM step (pred_x0 = (x_t - sqrt(1 - a_t)
+    eps) / sqrt(a_t)); the file (huggingface.co/ianstenbit/keras-sd2.1, added by keras-cv PR #1130,
+    2022-12, "sdv2.1 weights", its source checkpoint not named) has no v-prediction path. SD 2.1's
+    768 px model (v2-1_768-ema-pruned) predicts v and gives noise under an epsilon sampler; the
+    2.1-base model (v2-1_512-ema-pruned, fine-tuned from 512-base-ema) predicts noise at 512 px,
+    which is what keras-cv samples. So: 512 px, epsilon. A v-prediction 768 model comes in with
+    its own settings (ScheduleConfig.prediction_type) from its source.
+    """
     return ModelConfig(
         preset="sd-v2",
-        resolution=768,
+        resolution=512,
         unet=UNetConfig(
             attention_heads=(5, 10, 20, 20),  # head size 64 everywhere
             context_dim=1024,
             linear_projection=True,
         ),
         vae=VAEConfig(),
-        text_encoder=TextEncoderConfig(width=1024, num_layers=23, num_heads=16, activation="gelu"),
+        text_encoder=TextEncoderConfig(width=1024, num_layers=23, num_heads=16, activation="gelu", pad_token_id=0),
     )
 
 
 MODEL_PRESETS = {"tiny": _tiny, "sd-v1": _sd_v1, "sd-v2": _sd_v2}
+# Before pad ids were per preset, every preset padded prompts with the end token (as keras-cv
+# does): a config.json or manifest.json without `pad_token_id` was made with this one.
+LEGACY_PAD_TOKEN_ID = 49407
 
 
 def model_config(preset):
@@ -201,6 +221,10 @@ class TrainConfig:
     # Instance examples per step, over all replicas; each is paired with one class example.
     global_batch_size: int = 1
     prior_loss_weight: float = 1.0
+    # Offset noise: + noise_offset x N(0, 1) per example and latent channel (0: none).
+    noise_offset: float = 0.0
+    # min-SNR-gamma weighting of the instance loss (None: plain MSE); diffusers recommends 5.0.
+    snr_gamma: Optional[float] = None
     seed: int = 0
     log_every: int = 1
     # Steps run inside one tf.function call (fewer host round trips).
@@ -266,6 +290,10 @@ class RunConfig:
             raise UserError(f"global_batch_size must be >= 1, got {t.global_batch_size}")
         if t.prior_loss_weight < 0:
             raise UserError(f"prior_loss_weight must be >= 0, got {t.prior_loss_weight}")
+        if not 0 <= t.noise_offset < float("inf"):
+            raise UserError(f"noise_offset must be a finite number >= 0, got {t.noise_offset}")
+        if t.snr_gamma is not None and not 0 < t.snr_gamma < float("inf"):
+            raise UserError(f"snr_gamma must be a finite number > 0 when given, got {t.snr_gamma}")
         if self.optim.learning_rate < 0:
             raise UserError(f"learning_rate must be >= 0, got {self.optim.learning_rate}")
         for name in ("steps_per_loop", "grad_accum_steps", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -9,6 +9,7 @@ the same images; image i depends only on (seed, i), not on --batch_size.
 
 from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
 
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from dbdist import common_flags, errors
-from dbdist.config import model_config, with_resolution
+from dbdist.config import LEGACY_PAD_TOKEN_ID, model_config, with_resolution
 from dbdist.data import images
 from dbdist.errors import MissingInputError, UserError
 from dbdist.gcs_paths import check_buckets
@@ -64,6 +65,9 @@ def _model_and_weights():
     if tf.io.gfile.exists(text_encoder_path):  # trained with --train_text_encoder
         files["text_encoder"] = text_encoder_path
     model = with_resolution(model_config(preset), FLAGS.resolution or run["model"]["resolution"])
+    # Prompts padded as in training: a run from before pad ids were per preset padded with the end token.
+    pad = run["model"]["text_encoder"].get("pad_token_id", LEGACY_PAD_TOKEN_ID)
+    model = dataclasses.replace(model, text_encoder=dataclasses.replace(model.text_encoder, pad_token_id=pad))
     return model, FLAGS.weights or run["runtime"]["weights"], files, run
 
 

@@ -168,7 +168,7 @@ def main(argv):
     for s in sources["instance"] + sources["class"]:
         if s.prompt not in token_ids:
             try:
-                token_ids[s.prompt] = tokenizer.tokenize(s.prompt, max_length)
+                token_ids[s.prompt] = tokenizer.tokenize(s.prompt, max_length, model.text_encoder.pad_token_id)
             except ValueError as err:
                 raise UserError(f"{s.path}: {err}") from err
 
@@ -206,6 +206,7 @@ def main(argv):
         resolution=model.resolution,
         embedding_shape=model.embedding_shape,
         max_length=max_length,
+        pad_token_id=model.text_encoder.pad_token_id,
         record_format=features.LATENTS if FLAGS.cache_latents else features.PIXELS,
         latent_shape=latent_shape,
         flipped_latents=bool(FLAGS.cache_latents and FLAGS.random_flip),

@@ -57,6 +57,8 @@ flags.DEFINE_float("lr_power", 1.0, "Exponent of --lr_schedule=polynomial's deca
 flags.DEFINE_float("weight_decay", 1e-2, "AdamW decoupled weight decay.")
 flags.DEFINE_float("max_grad_norm", 1.0, "Clip the summed gradients to this global norm.")
 flags.DEFINE_float("prior_loss_weight", 1.0, "Weight of the class (prior-preservation) loss.")
+flags.DEFINE_float("noise_offset", 0.0, "Offset noise: add this x N(0, 1) per example and latent channel to the noise (diffusers' --noise_offset; 0: none).")
+flags.DEFINE_float("snr_gamma", None, "min-SNR-gamma weighting of the instance loss, as diffusers' --snr_gamma (5.0 recommended; unset: plain MSE).")
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
 flags.DEFINE_enum("mixed_precision", "no", ["no", "bf16", "fp16"], "Compute dtype; fp16 uses dynamic loss scaling. TPU defaults to bf16.")
@@ -101,6 +103,8 @@ def _run_config(model, manifest, engine):
             max_train_steps=FLAGS.max_train_steps,
             global_batch_size=FLAGS.global_batch_size,
             prior_loss_weight=FLAGS.prior_loss_weight,
+            noise_offset=FLAGS.noise_offset,
+            snr_gamma=FLAGS.snr_gamma,
             seed=FLAGS.seed,
             log_every=FLAGS.log_every,
             steps_per_loop=FLAGS.steps_per_loop,
@@ -213,7 +217,7 @@ def main(argv):
     model = common_flags.selected_model_config(FLAGS.resolution or manifest.resolution)
     check_compatible(
         manifest, preset=model.preset, resolution=model.resolution, embedding_shape=model.embedding_shape,
-        data_dir=FLAGS.data_dir,
+        pad_token_id=model.text_encoder.pad_token_id, data_dir=FLAGS.data_dir,
     )
     config = _run_config(model, manifest, engine_select.engine_of_backend(keras.backend.backend(), FLAGS.engine))
     train = config.train
@@ -256,6 +260,7 @@ def main(argv):
         noise=NoiseSpec(
             latent_shape=(config.model.latent_size, config.model.latent_size, config.model.vae.latent_channels),
             num_train_timesteps=config.model.schedule.num_train_timesteps,
+            noise_offset=train.noise_offset,
         ),
     )
     settings = LossSettings(
@@ -263,6 +268,7 @@ def main(argv):
         prior_loss_weight=train.prior_loss_weight if manifest.num_class else 0.0,
         scaling_factor=config.model.vae.scaling_factor,
         time_embedding_dim=config.model.unet.time_embedding_dim,
+        snr_gamma=train.snr_gamma,
     )
 
     # Stage 6: compile the step (TF: the inner loop of --steps_per_loop steps).

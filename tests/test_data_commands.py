@@ -2,6 +2,7 @@
 class-image generation (resumable, replica-independent), cached latents, image modes,
 and the bad inputs of each."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -390,3 +391,26 @@ def test_generate_refuses_a_text_encoder_other_than_the_records(records_dir, voc
                                          rf".*but this run's text_encoder is .*\(--weights={other_weights}\)"):
         run_command("generate", run_dir=tmp_path / "run", weights=other_weights, prompt="a photo of sks ball",
                     num_images=1, num_steps=1, output_dir=tmp_path / "samples", vocab_path=vocab_path)
+
+
+def test_records_pad_prompts_as_the_presets_tokenizer_and_train_checks_it(sample_images, vocab_path, tmp_path,
+                                                                          monkeypatch):
+    # make_tfrecords pads token ids (and encodes the embeddings) with the preset's pad id and records
+    # it; train refuses records padded otherwise than its preset pads. The tiny preset stands in for
+    # sd-v2 (OpenCLIP pads with 0) by padding with 0 while the records are made.
+    from dbdist import config
+
+    records = tmp_path / "records"
+    tiny = config.MODEL_PRESETS["tiny"]
+    monkeypatch.setitem(config.MODEL_PRESETS, "tiny", lambda: dataclasses.replace(
+        tiny(), text_encoder=dataclasses.replace(tiny().text_encoder, pad_token_id=0)))
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                output_dir=records, vocab_path=vocab_path)
+    m = read_manifest(records)
+    assert m.pad_token_id == 0
+    ids = read_prompt_table(records, m).token_ids[0].tolist()
+    assert ids[:7] == [49406, 320, 1125, 539, 48136, 1069, 49407] and set(ids[7:]) == {0}
+    monkeypatch.setitem(config.MODEL_PRESETS, "tiny", tiny)  # back to the end-token padding
+    with pytest.raises(ValueError, match=rf"data_dir {records} holds prompts padded with token id 0 and their "
+                                         r"embeddings; the 'tiny' text encoder's tokenizer pads with 49407"):
+        run_command("train", data_dir=records, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)

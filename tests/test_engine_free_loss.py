@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from dbdist.config import ScheduleConfig
 from dbdist.data import batch_keys as keys
@@ -31,9 +32,9 @@ def tiny_batch(batch=2, shape=(2, 2, 4), with_class=True, seed=0):
     return out
 
 
-def hand_loss(batch, global_batch, prior_loss_weight, prediction_type="epsilon"):
-    """The loss in float64 numpy, written out from its definition."""
-    alphas_cumprod = NoiseSchedule(ScheduleConfig()).alphas_cumprod.astype(np.float64)
+def hand_loss(batch, global_batch, prior_loss_weight, prediction_type="epsilon", snr_gamma=None):
+    """The loss in float64 numpy, written out from its definition (min-SNR as diffusers' train_dreambooth.py)."""
+    alphas_cumprod = NoiseSchedule(ScheduleConfig(prediction_type=prediction_type)).alphas_cumprod.astype(np.float64)
     terms = {}
     for name in ("INSTANCE", "CLASS"):
         if getattr(keys, f"{name}_NOISE") not in batch:
@@ -45,7 +46,11 @@ def hand_loss(batch, global_batch, prior_loss_weight, prediction_type="epsilon")
         noise = get("NOISE")
         noisy = np.sqrt(alpha_bar) * latents + np.sqrt(1 - alpha_bar) * noise
         target = noise if prediction_type == "epsilon" else np.sqrt(alpha_bar) * noise - np.sqrt(1 - alpha_bar) * latents
-        terms[name] = np.mean((UNET_GAIN * noisy - target) ** 2, axis=(1, 2, 3)).sum() / global_batch
+        errors = np.mean((UNET_GAIN * noisy - target) ** 2, axis=(1, 2, 3))
+        if snr_gamma is not None and name == "INSTANCE":
+            snr = (alpha_bar / (1 - alpha_bar)).reshape(-1)
+            errors = errors * np.minimum(snr, snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+        terms[name] = errors.sum() / global_batch
     return terms["INSTANCE"] + prior_loss_weight * terms["CLASS"]
 
 
@@ -79,3 +84,25 @@ def test_the_loss_imports_no_tensorflow_and_runs_under_jax():
     assert seen["tensorflow"] == [], f"importing the loss pulled in {seen['tensorflow']}"
     # float32 arithmetic against float64 on values of order 1: relative 1e-5.
     np.testing.assert_allclose(seen["loss"], seen["expected"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_gamma_weights_the_instance_loss_as_diffusers(prediction_type):
+    from dbdist.diffusion.dreambooth_loss import LossSettings, dreambooth_loss
+
+    batch = tiny_batch()
+    # t=10 has SNR ~ 300 (weight gamma/SNR, or gamma/(SNR+1)), t=700 SNR ~ 0.05 (weight 1, or SNR/(SNR+1)).
+    batch[keys.INSTANCE_TIMESTEP] = np.array([10, 700], np.int32)
+    schedule = NoiseSchedule(ScheduleConfig(prediction_type=prediction_type))
+    unet = lambda inputs, training: inputs[0] * UNET_GAIN  # noqa: E731
+    values = {}
+    for gamma in (None, 5.0):
+        settings = LossSettings(global_batch_size=2, prior_loss_weight=0.5, scaling_factor=SCALING,
+                                time_embedding_dim=8, snr_gamma=gamma)
+        loss, terms = dreambooth_loss(unet, None, schedule, batch, settings)
+        values[gamma] = (float(loss), float(terms["prior_loss"]))
+        # float32 arithmetic against float64 on values of order 1: relative 1e-5.
+        np.testing.assert_allclose(values[gamma][0], hand_loss(batch, 2, 0.5, prediction_type, gamma), rtol=1e-5)
+    assert values[5.0][1] == values[None][1]  # the prior loss is not weighted
+    # The weighting moves the loss far beyond the tolerance, so a missing weight fails above.
+    assert abs(values[5.0][0] - values[None][0]) > 1e-2 * values[None][0]

@@ -22,6 +22,10 @@ INSTANCE_STREAM, CLASS_STREAM = 0, 1  # = features.KIND_INSTANCE, KIND_CLASS
 # and --jit_compile or a TPU would draw different numbers for the same keys.
 _ALG = "philox"
 _VAE_NOISE, _DIFFUSION_NOISE, _TIMESTEP = 0, 1, 2
+# The first three purposes are folded in as stream * 3 + purpose (codes 0..5, as runs
+# have always drawn them); later purposes take codes from 6 up, so adding one changes
+# none of the earlier draws.
+_OFFSET_NOISE_CODES = {INSTANCE_STREAM: 6, CLASS_STREAM: 7}
 # Batch key of each draw, per stream.
 BATCH_KEYS = {
     INSTANCE_STREAM: {"vae_noise": keys.INSTANCE_VAE_NOISE, "noise": keys.INSTANCE_NOISE, "timestep": keys.INSTANCE_TIMESTEP},
@@ -35,6 +39,9 @@ class NoiseSpec:
 
     latent_shape: tuple  # (h, w, channels) of one example's latents
     num_train_timesteps: int = 1000
+    # Offset noise (--noise_offset): noise_offset x one standard normal per example and
+    # channel, constant over the image, added to the diffusion noise; 0 adds nothing.
+    noise_offset: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "latent_shape", tuple(int(d) for d in self.latent_shape))
@@ -42,11 +49,14 @@ class NoiseSpec:
             raise ValueError(f"latent_shape must be (h, w, channels) of positive sizes, got {self.latent_shape}")
         if self.num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
+        if not self.noise_offset >= 0:
+            raise ValueError(f"noise_offset must be >= 0, got {self.noise_offset}")
 
 
-def _key(seed, step, position, stream, purpose):
+def _key(seed, step, position, stream, purpose=None, code=None):
+    code = stream * 3 + purpose if code is None else code
     key = tf.stack([tf.cast(seed, tf.int64), tf.constant(0x5EED, tf.int64)])
-    for value in (step, position, stream * 3 + purpose):
+    for value in (step, position, code):
         key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64), alg=_ALG)
     return key
 
@@ -69,11 +79,21 @@ def timestep(seed, step, position, stream, num_train_timesteps):
     )
 
 
+def offset_noise(seed, step, position, stream, channels):
+    """(1, 1, channels) standard normals: one offset per channel, constant over the image."""
+    key = _key(seed, step, position, stream, code=_OFFSET_NOISE_CODES[stream])
+    return tf.random.stateless_normal((1, 1, channels), seed=key, alg=_ALG)
+
+
 def draw(spec: NoiseSpec, *, seed, step, position, stream):
     """{"vae_noise", "noise", "timestep"} of the example at global-batch `position` of `stream` at `step`."""
+    noise = diffusion_noise(seed, step, position, stream, spec.latent_shape)
+    if spec.noise_offset:
+        # As diffusers' scripts: noise += noise_offset * randn(B, C, 1, 1) (crosslabs.org's offset noise).
+        noise = noise + spec.noise_offset * offset_noise(seed, step, position, stream, spec.latent_shape[-1])
     return {
         "vae_noise": vae_noise(seed, step, position, stream, spec.latent_shape),
-        "noise": diffusion_noise(seed, step, position, stream, spec.latent_shape),
+        "noise": noise,
         "timestep": timestep(seed, step, position, stream, spec.num_train_timesteps),
     }
 

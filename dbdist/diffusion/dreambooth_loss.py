@@ -5,6 +5,10 @@ each mean is over the GLOBAL batch: per-example losses are summed on the
 replica and divided by the global batch size, so that summing gradients over
 replicas gives exactly the one-device gradient.
 
+With `snr_gamma`, each instance example's MSE is weighted by min-SNR-gamma
+(Hang et al. 2023, https://arxiv.org/abs/2303.09556), as diffusers'
+examples/dreambooth/train_dreambooth.py does: the prior (class) loss stays unweighted.
+
 Every random number (VAE-sampling noise, diffusion noise, timestep) comes with
 the batch, drawn per example by the input pipeline (dbdist/data/example_noise.py),
 so both engines and every device split consume the same numbers.
@@ -12,6 +16,7 @@ so both engines and every device split consume the same numbers.
 
 import collections
 import dataclasses
+from typing import Optional
 
 from keras import ops
 
@@ -39,12 +44,26 @@ class LossSettings:
     prior_loss_weight: float
     scaling_factor: float
     time_embedding_dim: int
+    # min-SNR-gamma weighting of the instance loss; None: plain MSE.
+    snr_gamma: Optional[float] = None
 
 
 def _per_example_mse(prediction, target):
     # In fp32 whatever the compute dtype: bf16/fp16 squares lose too much.
     error = ops.cast(prediction, "float32") - ops.cast(target, "float32")
     return ops.mean(ops.square(error), axis=(1, 2, 3))
+
+
+def min_snr_weights(schedule: NoiseSchedule, timesteps, gamma):
+    """min(SNR_t, gamma) / SNR_t for epsilon, / (SNR_t + 1) for v-prediction, per example.
+
+    diffusers' maths (training_utils.compute_snr; the v-prediction divisor as fixed in
+    huggingface/diffusers#8466). The paper weights the x_0 error by min(SNR, gamma); an
+    epsilon error is SNR x the x_0 error and a v error (SNR + 1) x it, hence the divisors.
+    """
+    snr = schedule.snr(timesteps)
+    divisor = snr + 1.0 if schedule.config.prediction_type == "v_prediction" else snr
+    return ops.minimum(snr, gamma) / divisor
 
 
 def _streams(batch):
@@ -91,7 +110,10 @@ def dreambooth_loss(unet, vae_encoder, schedule: NoiseSchedule, batch, settings:
     errors = _per_example_mse(prediction, schedule.training_target(latents, noise, t))
 
     batch_size = ops.shape(batch[keys.INSTANCE_TIMESTEP])[0]
-    instance_loss = ops.sum(errors[:batch_size]) / settings.global_batch_size
+    instance_errors = errors[:batch_size]
+    if settings.snr_gamma is not None:
+        instance_errors = instance_errors * min_snr_weights(schedule, t[:batch_size], settings.snr_gamma)
+    instance_loss = ops.sum(instance_errors) / settings.global_batch_size
     prior_loss = ops.sum(errors[batch_size:]) / settings.global_batch_size if len(streams) > 1 else ops.zeros(())
     loss = instance_loss + settings.prior_loss_weight * prior_loss
     return loss, {"instance_loss": instance_loss, "prior_loss": prior_loss}

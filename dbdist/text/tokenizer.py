@@ -142,22 +142,24 @@ class ClipTokenizer:
         ids.append(self.end_token)
         return ids
 
-    def tokenize(self, prompt, max_length=77):
-        """Encodes and pads with the end token to (max_length,) int32, as keras-cv's
-        StableDiffusion.encode_text does; raises PromptTooLongError instead of cutting,
-        since a silently truncated prompt trains on a caption nobody wrote."""
+    def tokenize(self, prompt, max_length=77, pad_token_id=None):
+        """Encodes and pads to (max_length,) int32 with `pad_token_id`: the model's own tokenizer's
+        (TextEncoderConfig.pad_token_id: SD 1.x's CLIP pads with the end token, as keras-cv's
+        StableDiffusion.encode_text does and as None gives here; SD 2.x's OpenCLIP with 0).
+        Raises PromptTooLongError instead of cutting, since a silently truncated prompt trains
+        on a caption nobody wrote."""
         ids = self.encode(prompt)
         if len(ids) > max_length:
             raise PromptTooLongError(prompt, len(ids), max_length)
-        padded = np.full((max_length,), self.end_token, dtype=np.int32)
+        padded = np.full((max_length,), self.end_token if pad_token_id is None else pad_token_id, dtype=np.int32)
         padded[:len(ids)] = ids
         return padded
 
-    def tokenize_batch(self, prompts, max_length=77):
+    def tokenize_batch(self, prompts, max_length=77, pad_token_id=None):
         """Tokenizes each prompt; returns int32 (len(prompts), max_length)."""
         out = np.empty((len(prompts), max_length), dtype=np.int32)
         for row, prompt in enumerate(prompts):
-            out[row] = self.tokenize(prompt, max_length)
+            out[row] = self.tokenize(prompt, max_length, pad_token_id)
         return out
 
 
