@@ -102,8 +102,7 @@ def init_state(networks: Networks, optimizer: Optimizer, mesh, step=0):
     model_state = {g: _values(m.non_trainable_variables) for g, m in trained.items()}
     # Copies, never the models' own buffers: the step donates the state, which would delete them
     # (build the models on the host, as the engine does, to keep them out of accelerator memory).
-    params, model_state = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)(
-        (params, model_state))
+    params, model_state = jax.device_put((params, model_state), replicated, may_alias=False)
     opt_state = jax.jit(optimizer.transform.init, out_shardings=replicated)(params)
     return TrainState(jax.device_put(jnp.asarray(step, jnp.int32), replicated), params, model_state, opt_state)
 
