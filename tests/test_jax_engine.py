@@ -325,12 +325,18 @@ print(json.dumps(report))
 
 @pytest.mark.slow  # two tiny steps compiled under JAX: ~1-2 min on a loaded 2-core machine
 def test_accumulating_a_micro_batch_twice_is_the_step_on_it_once():
-    """Halving the loss is exact in binary, so the scan over 2 micro-batches must give the one-batch step's
-    numbers to the bit: the one-micro-batch path (no scan) and the accumulating one agree."""
+    """The step on one micro-batch (no scan) and the scan over the same micro-batch twice, each half of the
+    loss, agree: the same gradient, loss and update. Halving is exact in binary, but XLA compiles the two
+    programs apart: float32 round-off remains, and AdamW's first update (~lr * sign(g)) turns it into up to
+    lr * (relative error of the tiniest gradients): measured 1.7e-6 at lr 1e-3; asserted 1e-5 (1% of lr)."""
     report = _run_under_jax(_ACCUMULATION_SCRIPT)
     once, twice = report["1"], report["2"]
     assert once["loss"] > 0.1 and once["grad_norm"] > 0.1
-    assert twice == once
+    assert twice["loss"] == pytest.approx(once["loss"], rel=1e-6)
+    assert twice["grad_norm"] == pytest.approx(once["grad_norm"], rel=1e-6)
+    difference = max(float(np.abs(np.subtract(a, b)).max()) for a, b in zip(once["unet"], twice["unet"]))
+    print(f"\n[accumulation] 1 micro-batch vs the same twice: max|dw| = {difference:.3g}")
+    assert difference <= 1e-5
 
 
 _REMAT_SCRIPT = """

@@ -41,7 +41,11 @@ class JaxEngine:
         jax_mesh.check_batch_divides(global_batch, self.mesh)
 
     def scope(self):
-        return contextlib.nullcontext()
+        """Networks are built in host memory: the step trains copies on the devices (step.init_state)."""
+        try:
+            return jax.default_device(jax.devices("cpu")[0])
+        except RuntimeError:  # JAX_PLATFORMS without cpu
+            return contextlib.nullcontext()
 
     def build_state(self, models):
         """Optimizer and replicated state around the built `models` (the VAE encoder None with cached latents)."""

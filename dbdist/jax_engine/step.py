@@ -35,6 +35,10 @@ synthetic numpy batches):
     batch = jax_mesh.global_batch(numpy_batch, mesh)  # {key: (K, G, ...)}, K micro-batches of G examples
     state, metrics = train_step(state, frozen, batch)  # `state` is donated: use the returned one
 
+init_state copies the weights (the models keep theirs); assign_to_models(state, networks) writes the
+trained ones back. To keep the models' copy out of accelerator memory, build them on the host:
+`with jax.default_device(jax.devices("cpu")[0]): models = build_models(...)`.
+
 `numpy_batch` holds, for K micro-batches of G instance examples (keys: dbdist/data/batch_keys.py;
 the CLASS_* ones too with prior preservation, the class example i paired with instance i):
   - cached latents: INSTANCE_LATENT_MEAN, INSTANCE_LATENT_LOGVAR float32 (K, G, h, w, 4);
@@ -96,7 +100,9 @@ def init_state(networks: Networks, optimizer: Optimizer, mesh, step=0):
     trained = networks.trained()
     params = {g: _values(m.trainable_variables) for g, m in trained.items()}
     model_state = {g: _values(m.non_trainable_variables) for g, m in trained.items()}
-    params, model_state = jax.device_put((params, model_state), replicated)
+    # Copies, never the models' own buffers: the step donates the state, which would delete them
+    # (build the models on the host, as the engine does, to keep them out of accelerator memory).
+    params, model_state = jax.device_put((params, model_state), replicated, may_alias=False)
     opt_state = jax.jit(optimizer.transform.init, out_shardings=replicated)(params)
     return TrainState(jax.device_put(jnp.asarray(step, jnp.int32), replicated), params, model_state, opt_state)
 

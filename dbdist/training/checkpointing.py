@@ -12,8 +12,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from dbdist.config import LEGACY_PAD_TOKEN_ID
-from dbdist.config import ENGINE_BACKENDS, ENGINE_NAMES
+from dbdist.config import ENGINE_BACKENDS, ENGINE_NAMES, LEGACY_PAD_TOKEN_ID
 from dbdist.errors import UserError
 from dbdist.training.strategy import worker_scratch_dir
 
