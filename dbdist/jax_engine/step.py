@@ -37,7 +37,7 @@ synthetic numpy batches):
 
 init_state copies the weights (the models keep theirs); assign_to_models(state, networks) writes the
 trained ones back. To keep the models' copy out of accelerator memory, build them on the host:
-`with jax.default_device(jax.devices("cpu")[0]): models = build_models(...)`.
+`with jax.default_device(jax.local_devices(backend="cpu")[0]): models = build_models(...)`.
 
 `numpy_batch` holds, for K micro-batches of G instance examples (keys: dbdist/data/batch_keys.py;
 the CLASS_* ones too with prior preservation, the class example i paired with instance i):
