@@ -43,7 +43,7 @@ class JaxEngine:
     def scope(self):
         """Networks are built in host memory: the step trains copies on the devices (step.init_state)."""
         try:
-            return jax.default_device(jax.devices("cpu")[0])
+            return jax.default_device(jax.local_devices(backend="cpu")[0])  # this process's own
         except RuntimeError:  # JAX_PLATFORMS without cpu
             return contextlib.nullcontext()
 

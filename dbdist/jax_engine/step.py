@@ -37,7 +37,7 @@ synthetic numpy batches):
 
 init_state copies the weights (the models keep theirs); assign_to_models(state, networks) writes the
 trained ones back. To keep the models' copy out of accelerator memory, build them on the host:
-`with jax.default_device(jax.devices("cpu")[0]): models = build_models(...)`.
+`with jax.default_device(jax.local_devices(backend="cpu")[0]): models = build_models(...)`.
 
 `numpy_batch` holds, for K micro-batches of G instance examples (keys: dbdist/data/batch_keys.py;
 the CLASS_* ones too with prior preservation, the class example i paired with instance i):
@@ -100,9 +100,12 @@ def init_state(networks: Networks, optimizer: Optimizer, mesh, step=0):
     trained = networks.trained()
     params = {g: _values(m.trainable_variables) for g, m in trained.items()}
     model_state = {g: _values(m.non_trainable_variables) for g, m in trained.items()}
-    # Copies, never the models' own buffers: the step donates the state, which would delete them
-    # (build the models on the host, as the engine does, to keep them out of accelerator memory).
-    params, model_state = jax.device_put((params, model_state), replicated, may_alias=False)
+    # device_put places this process's values on every device of the mesh (may_alias=False would refuse
+    # across processes); it may hand back the models' own buffers where they already sit, and the step
+    # donates the state, which would delete them: the jitted copy makes the state's own.
+    # (Build the models on the host, as the engine does, to keep them out of accelerator memory.)
+    params, model_state = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=replicated)(
+        jax.device_put((params, model_state), replicated))
     opt_state = jax.jit(optimizer.transform.init, out_shardings=replicated)(params)
     return TrainState(jax.device_put(jnp.asarray(step, jnp.int32), replicated), params, model_state, opt_state)
 
