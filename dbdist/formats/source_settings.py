@@ -5,8 +5,9 @@ A diffusers folder says both: `scheduler/scheduler_config.json`'s `prediction_ty
 we decide as diffusers' single-file loader does (src/diffusers/loaders/single_file_utils.py,
 `infer_diffusers_model_type` and `_legacy_load_scheduler`): an SD 2.x file (cross-attention
 keys of width 1024) is the 768 px v-prediction model unless its `global_step` is 875000 (SD 2's
-512-base, epsilon; we take its 512 px too); SD 1.x files are 512 px epsilon. --prediction_type
-overrides what the source says.
+512-base, epsilon); SD 1.x files are epsilon. Only the 768 px v model states a resolution: the
+others (diffusers' 512) leave it to the preset, which is 512 for sd-v1/sd-v2 and is what a small
+model of the same kind (tiny) was made at. --prediction_type overrides what the source says.
 """
 
 import dataclasses
@@ -69,9 +70,9 @@ def _read_json(path):
 def _single_file_settings(path):
     header = safetensors_io.read_header(path)
     if _SD2_KEY not in header or header[_SD2_KEY][1][-1] != 1024:
-        return SourceSettings("epsilon", 512)
+        return SourceSettings("epsilon")
     if "global_step" in header:
         with safetensors_io.open_tensors(path) as (_, get):
             if int(np.asarray(get("global_step")).reshape(-1)[0]) == _SD2_BASE_GLOBAL_STEP:
-                return SourceSettings("epsilon", 512)
+                return SourceSettings("epsilon")
     return SourceSettings("v_prediction", 768)
