@@ -1,9 +1,9 @@
 # Three commands do all set-up on a fresh machine (Python 3.10-3.13 with venv):
 #   make demo      # tiny model, generated sample images, local files: make_tfrecords -> train -> generate
 #   make test      # the fast tier, pytest -m "not slow": every command end to end on the tiny preset,
-#                  # the bad-input refusals, one topology-invariance and one resume check (< 10 min, 2 cores)
+#                  # the bad-input refusals, one topology-invariance and one resume check
 #   make test-all  # the whole suite, what CI runs (.ci/run): adds the `slow` tests, i.e. full-size
-#                  # keras-cv equivalence, every distributed run, gs:// end to end (< 45 min, 2 cores)
+#                  # keras-cv equivalence, every distributed run, gs:// end to end, JAX engine vs TF, LoRA, formats
 # Packages are installed at the versions in constraints.txt (pyproject.toml holds the supported ranges).
 # Both test targets exit with pytest's status: 0 only when every selected test passed.
 VENV ?= .venv
