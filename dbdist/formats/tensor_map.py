@@ -108,3 +108,16 @@ def projection(layer, key):
     import keras
 
     return dense(layer, key) if isinstance(layer, keras.layers.Dense) else conv(layer, key)
+
+
+def resnet_keys(block, prefix, layout, parts):
+    """Keys of a ResBlock's layers: `parts` lists (attribute, diffusers name, original name); norms
+    map as norms, `time_proj` (the UNet's) as a Dense, the rest as convolutions."""
+    keys = []
+    for attribute, diffusers_name, original_name in parts:
+        layer = getattr(block, attribute)
+        if layer is None:  # no shortcut where the width does not change
+            continue
+        name = f"{prefix}.{diffusers_name if layout == 'diffusers' else original_name}"
+        keys += (norm if attribute.startswith("norm") else dense if attribute == "time_proj" else conv)(layer, name)
+    return keys

@@ -123,14 +123,7 @@ def _attention(block, prefix, layout):
 
 
 def _resnet(block, prefix, layout):
-    keys = []
-    for attribute, diffusers_name, original_name in _RESNET_PARTS:
-        layer = getattr(block, attribute)
-        if layer is None:  # no shortcut where the width does not change
-            continue
-        name = f"{prefix}.{diffusers_name if layout == 'diffusers' else original_name}"
-        keys += (tensor_map.norm if attribute.startswith("norm") else tensor_map.conv)(layer, name)
-    return keys
+    return tensor_map.resnet_keys(block, prefix, layout, _RESNET_PARTS)
 
 
 def _key_map(model, blocks, layout, network):
