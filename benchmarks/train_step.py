@@ -29,6 +29,7 @@ flags.DEFINE_integer("steps", 20, "Timed steps.")
 flags.DEFINE_integer("steps_per_loop", 5, "Steps per compiled loop.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the per-replica step.")
 flags.DEFINE_string("mixed_precision", "no", "no | bf16 | fp16.")
+flags.DEFINE_integer("lora_rank", 0, "Train rank-R LoRA adapters on the UNet's attention instead of the UNet (0: full fine-tuning).")
 flags.DEFINE_bool("all", False, "Run the CPU matrix in subprocesses.")
 
 MATRIX = [
@@ -36,6 +37,7 @@ MATRIX = [
     dict(model="tiny", strategy="one_device", jit_compile=True),
     dict(model="tiny", strategy="mirrored", num_cpu_devices=2),
     dict(model="sd-v1", resolution=64, strategy="one_device", global_batch_size=1, steps=3, steps_per_loop=1),
+    dict(model="sd-v1", resolution=64, strategy="one_device", global_batch_size=1, steps=3, steps_per_loop=1, lora_rank=4),
 ]
 
 
@@ -70,17 +72,22 @@ def _write_records(directory, model, count=16):
 
 
 def _one_row():
+    import resource
+
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from dbdist.config import OptimConfig, model_config, with_resolution
     from dbdist.data.manifest import read_manifest
+    from dbdist.data.example_noise import NoiseSpec
     from dbdist.data.reader import make_train_dataset
     from dbdist.diffusion import NoiseSchedule
+    from dbdist.diffusion.dreambooth_loss import LossSettings
+    from dbdist.lora.adapters import add_adapters
     from dbdist.models import build_models
     from dbdist.training import input as train_input
     from dbdist.training.loop import make_train_loop
-    from dbdist.training.loss import LossSettings
     from dbdist.training.optimizer import build_optimizer
     from dbdist.training.step import TrainState
     from dbdist.training.strategy import make_strategy
@@ -92,8 +99,9 @@ def _one_row():
     _write_records(data_dir, model)
     manifest = read_manifest(data_dir)
 
-    # The input pipeline alone: records/s the trainer could be fed.
-    dataset = make_train_dataset(data_dir, manifest, per_replica_batch=FLAGS.global_batch_size, seed=0)
+    # The input pipeline alone: records/s the trainer could be fed, with each example's noise.
+    noise = NoiseSpec(latent_shape=(model.latent_size, model.latent_size, model.vae.latent_channels))
+    dataset = make_train_dataset(data_dir, manifest, per_replica_batch=FLAGS.global_batch_size, seed=0, noise=noise)
     iterator = iter(dataset)
     next(iterator)
     start, batches = time.perf_counter(), 200
@@ -104,15 +112,15 @@ def _one_row():
     with strategy.scope():
         models = build_models(model, ("unet", "vae_encoder"))
         models.vae_encoder.trainable = False
+        if FLAGS.lora_rank:
+            add_adapters(models.unet, "unet", model, FLAGS.lora_rank)
         optimizer = build_optimizer(OptimConfig())
         optimizer.build(models.unet.trainable_variables)
         state = TrainState(models.unet, models.vae_encoder, optimizer, NoiseSchedule(), tf.Variable(0, dtype=tf.int64))
-    settings = LossSettings(
-        FLAGS.global_batch_size, 1.0, model.vae.scaling_factor, model.unet.time_embedding_dim, 0,
-        latent_shape=(model.latent_size, model.latent_size, model.vae.latent_channels),
-    )
+    settings = LossSettings(FLAGS.global_batch_size, 1.0, model.vae.scaling_factor, model.unet.time_embedding_dim)
     loop = make_train_loop(strategy, state, settings, max_grad_norm=1.0, jit_compile=FLAGS.jit_compile)
-    iterator = iter(train_input.distributed_dataset(strategy, data_dir, manifest, global_batch=FLAGS.global_batch_size, seed=0))
+    iterator = iter(train_input.distributed_dataset(
+        strategy, data_dir, manifest, global_batch=FLAGS.global_batch_size, seed=0, noise=noise))
     start = time.perf_counter()
     loop(iterator, tf.constant(FLAGS.steps_per_loop))["loss"].numpy()
     compile_seconds = time.perf_counter() - start
@@ -127,7 +135,10 @@ def _one_row():
         "mixed_precision": FLAGS.mixed_precision, "global_batch_size": FLAGS.global_batch_size,
         "first_loop_seconds": round(compile_seconds, 1), "step_seconds": round(step_seconds, 4),
         "images_per_sec": round(2 * FLAGS.global_batch_size / step_seconds, 2),
-        "input_records_per_sec": round(records_per_sec, 1),
+        "input_records_per_sec": round(records_per_sec, 1), "lora_rank": FLAGS.lora_rank,
+        "trainable_parameters": int(sum(np.prod(v.shape) for v in models.unet.trainable_variables)),
+        # The process's peak resident memory (Linux reports KiB): weights, optimizer state, activations.
+        "peak_host_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }), flush=True)
 
 

@@ -35,6 +35,11 @@ class UNetConfig:
     # Groups of every GroupNormalization.
     norm_groups: int = 32
     latent_channels: int = 4
+    # keras-cv's maths (the presets): GEGLU with GELU's tanh form ("gelu") and 1e-5 in the transformers'
+    # GroupNorm. SD's own code and diffusers use the exact GELU ("gelu_erf") and 1e-6; weights imported
+    # from their files are run so (dbdist.formats.unet_keys.faithful_config).
+    geglu_activation: str = "gelu"
+    transformer_norm_epsilon: float = 1e-5
 
     @property
     def time_embedding_dim(self):
@@ -52,6 +57,9 @@ class VAEConfig:
     norm_groups: int = 32
     # Latents are multiplied by this before the UNet sees them (SD's 0.18215).
     scaling_factor: float = 0.18215
+    # Of every GroupNormalization: keras-cv's 1e-5 (the presets); SD's own and diffusers' AutoencoderKL
+    # use 1e-6 (dbdist.formats.vae_keys.faithful_config, for weights imported from their files).
+    norm_epsilon: float = 1e-5
 
     @property
     def downsample_factor(self):
@@ -67,8 +75,14 @@ class TextEncoderConfig:
     width: int = 768
     num_layers: int = 12
     num_heads: int = 12
-    # "quick_gelu" for OpenAI CLIP (SD 1.x), "gelu" (tanh form, as keras-cv) for OpenCLIP.
+    # "quick_gelu" for OpenAI CLIP (SD 1.x), "gelu" (tanh form, as keras-cv) for OpenCLIP;
+    # "gelu_erf" is OpenCLIP's own exact GELU, as transformers runs SD 2.x's text encoder.
     activation: str = "quick_gelu"
+    # The id prompts are padded with to max_length, as the model's own tokenizer pads: OpenAI
+    # CLIP's (SD 1.x) with its end token 49407, OpenCLIP's (SD 2.x) with 0 (open_clip's
+    # tokenize() fills zeros; diffusers' SD 2 tokenizer pads with "!", id 0). The padded
+    # positions' embeddings reach the UNet's cross-attention, so the id matters.
+    pad_token_id: int = 49407
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +93,8 @@ class ScheduleConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
-    # What the UNet predicts. keras-cv's SD 1.x and 2.1 weights predict noise.
+    # What the UNet predicts: "epsilon" (noise) or "v_prediction" (v = sqrt(ab) noise - sqrt(1-ab) x_0);
+    # both the training target and DDIM sampling follow it. keras-cv's SD 1.x and 2.1 files predict noise.
     prediction_type: str = "epsilon"
 
 
@@ -165,21 +180,35 @@ def _sd_v1():
 
 
 def _sd_v2():
-    """Stable Diffusion 2.1 shapes (keras-cv `StableDiffusionV2`)."""
+    """Stable Diffusion 2.1-base (512 px, epsilon) shapes and settings (keras-cv `StableDiffusionV2`).
+
+    Which SD 2.1 keras-cv's file is: keras-cv 0.9.0 (keras_cv/src/models/stable_diffusion/
+    stable_diffusion.py) builds `StableDiffusionV2(img_height=512, img_width=512)` by default and
+    in its examples, and samples it only with an epsilon DDIM step (pred_x0 = (x_t - sqrt(1 - a_t)
+    eps) / sqrt(a_t)); the file (huggingface.co/ianstenbit/keras-sd2.1, added by keras-cv PR #1130,
+    2022-12, "sdv2.1 weights", its source checkpoint not named) has no v-prediction path. SD 2.1's
+    768 px model (v2-1_768-ema-pruned) predicts v and gives noise under an epsilon sampler; the
+    2.1-base model (v2-1_512-ema-pruned, fine-tuned from 512-base-ema) predicts noise at 512 px,
+    which is what keras-cv samples. So: 512 px, epsilon. A v-prediction 768 model comes in with
+    its own settings (ScheduleConfig.prediction_type) from its source.
+    """
     return ModelConfig(
         preset="sd-v2",
-        resolution=768,
+        resolution=512,
         unet=UNetConfig(
             attention_heads=(5, 10, 20, 20),  # head size 64 everywhere
             context_dim=1024,
             linear_projection=True,
         ),
         vae=VAEConfig(),
-        text_encoder=TextEncoderConfig(width=1024, num_layers=23, num_heads=16, activation="gelu"),
+        text_encoder=TextEncoderConfig(width=1024, num_layers=23, num_heads=16, activation="gelu", pad_token_id=0),
     )
 
 
 MODEL_PRESETS = {"tiny": _tiny, "toy": _toy, "sd-v1": _sd_v1, "sd-v2": _sd_v2}
+# Before pad ids were per preset, every preset padded prompts with the end token (as keras-cv
+# does): a config.json or manifest.json without `pad_token_id` was made with this one.
+LEGACY_PAD_TOKEN_ID = 49407
 
 
 def model_config(preset):
@@ -230,6 +259,10 @@ class TrainConfig:
     # Instance examples per step, over all replicas; each is paired with one class example.
     global_batch_size: int = 1
     prior_loss_weight: float = 1.0
+    # Offset noise: + noise_offset x N(0, 1) per example and latent channel (0: none).
+    noise_offset: float = 0.0
+    # min-SNR-gamma weighting of the instance loss (None: plain MSE); diffusers recommends 5.0.
+    snr_gamma: Optional[float] = None
     seed: int = 0
     log_every: int = 1
     # Steps run inside one tf.function call (fewer host round trips).
@@ -237,19 +270,48 @@ class TrainConfig:
     # Micro-batches whose gradients are summed before one optimizer step.
     grad_accum_steps: int = 1
     train_text_encoder: bool = False
+    # dtype of export/model.safetensors: fp16 | bf16 | fp32 (export/diffusers/ is fp32).
+    export_dtype: str = "fp16"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     validation_every: int = 0
     validation_prompt: str = ""
+    # LoRA DreamBooth (dbdist/lora/): adapters of this rank on the UNet's attention projections
+    # train instead of the UNet, whose weights stay frozen. None: full fine-tuning.
+    lora_rank: Optional[int] = None
+    # The adapters' output is scaled by lora_alpha / lora_rank (PEFT's); the flag's default is
+    # the rank (scale 1), as diffusers' train_dreambooth_lora.py.
+    lora_alpha: Optional[float] = None
+    # Adapters on the text encoder's attention projections too (trained at text_encoder_learning_rate).
+    lora_text_encoder: bool = False
+    # Also write export/unet.h5 (and text_encoder.h5) with the adapters folded in.
+    merge_lora: bool = False
+    # Recompute the UNet blocks' activations in the backward pass instead of keeping them (JAX engine).
+    gradient_checkpointing: bool = False
+
+    @property
+    def trains_text_encoder(self):
+        """The text encoder is trained: all of it, or its LoRA adapters."""
+        return self.train_text_encoder or self.lora_text_encoder
+
+
+# --strategy values of each engine (dbdist/training/strategy.py, dbdist/jax_engine/mesh.py).
+TF_STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+JAX_STRATEGIES = ("one_device", "data_parallel")
+ENGINE_STRATEGIES = {"tf": TF_STRATEGIES, "jax": JAX_STRATEGIES}
+ENGINE_NAMES = {"tf": "TF engine", "jax": "JAX engine"}
+ENGINE_BACKENDS = {"tf": "tensorflow", "jax": "jax"}  # the Keras backend (KERAS_BACKEND) of each engine
 
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
     """How the run is placed on hardware."""
 
+    # Which engine trains: "tf" (dbdist/training/) or "jax" (dbdist/jax_engine/), from Keras' backend.
+    engine: str = "tf"
     strategy: str = "one_device"
     mixed_precision: str = "no"
-    # Directory (local or gs://) with keras-cv .h5 files; "" = published files.
+    # keras-cv .h5 directory, diffusers folder or single .safetensors (local or gs://); "" = published files.
     weights: str = ""
     # Initial dynamic loss scale for fp16.
     initial_loss_scale: float = 2.0**15
@@ -283,6 +345,10 @@ class RunConfig:
             raise UserError(f"global_batch_size must be >= 1, got {t.global_batch_size}")
         if t.prior_loss_weight < 0:
             raise UserError(f"prior_loss_weight must be >= 0, got {t.prior_loss_weight}")
+        if not 0 <= t.noise_offset < float("inf"):
+            raise UserError(f"noise_offset must be a finite number >= 0, got {t.noise_offset}")
+        if t.snr_gamma is not None and not 0 < t.snr_gamma < float("inf"):
+            raise UserError(f"snr_gamma must be a finite number > 0 when given, got {t.snr_gamma}")
         if self.optim.learning_rate < 0:
             raise UserError(f"learning_rate must be >= 0, got {self.optim.learning_rate}")
         for name in ("steps_per_loop", "grad_accum_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -302,11 +368,44 @@ class RunConfig:
             )
         if t.validation_every and not t.validation_prompt:
             raise UserError("validation_every needs a validation_prompt")
+        self._validate_lora()
         if r.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
-        if r.strategy not in ("one_device", "mirrored", "multi_worker", "tpu"):
-            raise UserError(f"strategy must be one_device, mirrored, multi_worker or tpu, got {r.strategy!r}")
+        self._validate_engine()
         return self
+
+    def _validate_engine(self):
+        r = self.runtime
+        if r.engine not in ENGINE_STRATEGIES:
+            raise UserError(f"engine must be one of {sorted(ENGINE_STRATEGIES)}, got {r.engine!r}")
+        name, takes = ENGINE_NAMES[r.engine], ENGINE_STRATEGIES[r.engine]
+        if r.strategy not in takes:
+            owners = [ENGINE_NAMES[e] for e, strategies in ENGINE_STRATEGIES.items() if r.strategy in strategies]
+            what = f" is a {owners[0]} strategy;" if owners else ":"
+            raise UserError(f"--strategy={r.strategy}{what} the {name} takes {', '.join(takes)}")
+        if r.engine == "jax" and r.mixed_precision == "fp16":
+            raise UserError("--mixed_precision=fp16 is not supported by the JAX engine (no loss scaling there); "
+                            "use bf16 (fp32 master weights) or no")
+        if r.engine == "tf" and self.train.gradient_checkpointing:
+            raise UserError("--gradient_checkpointing is supported by the JAX engine only (KERAS_BACKEND=jax or --engine=jax)")
+
+    def _validate_lora(self):
+        t = self.train
+        if t.lora_rank is None:
+            for name in ("lora_text_encoder", "merge_lora"):
+                if getattr(t, name):
+                    raise UserError(f"{name} needs lora_rank (LoRA training), which is not set")
+            if t.lora_alpha is not None:
+                raise UserError(f"lora_alpha ({t.lora_alpha}) needs lora_rank (LoRA training), which is not set")
+            return
+        if t.lora_rank < 1:
+            raise UserError(f"lora_rank must be >= 1, got {t.lora_rank}")
+        if t.lora_alpha is not None and not t.lora_alpha > 0:
+            raise UserError(f"lora_alpha must be > 0, got {t.lora_alpha}")
+        if t.train_text_encoder:
+            raise UserError(
+                "train_text_encoder fine-tunes all of the text encoder; with lora_rank use lora_text_encoder "
+                "(adapters on its attention projections) instead")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -9,6 +9,7 @@ the same images; image i depends only on (seed, i), not on --batch_size.
 
 from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
 
+import dataclasses
 import json
 import math
 import os
@@ -17,12 +18,13 @@ import tensorflow as tf
 from absl import flags, logging
 
 from dbdist import common_flags, errors, sampling_flags
-from dbdist.config import model_config, with_resolution
+from dbdist.config import LEGACY_PAD_TOKEN_ID, model_config, with_resolution
 from dbdist.data import images
 from dbdist.errors import MissingInputError, UserError
 from dbdist.gcs_paths import check_buckets
+from dbdist.lora.export import apply_lora, read_lora_for
 from dbdist.sampling import Sampler
-from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
+from dbdist.formats.tokenizer_files import command_tokenizer
 from dbdist.progress import Progress
 from dbdist.weights.fingerprint import check_same_encoders, fingerprints_of, load_fingerprints
 from dbdist.weights.pretrained import load_networks
@@ -35,6 +37,9 @@ flags.adopt_module_key_flags(sampling_flags)  # --run_dir, --num_images, --num_s
 FLAGS = flags.FLAGS
 flags.DEFINE_string("prompt", None, 'What to draw, e.g. "a photo of sks dog on the beach".')
 flags.DEFINE_integer("batch_size", 4, "Images denoised together.")
+flags.DEFINE_string("lora", "", "A LoRA .safetensors (diffusers' or kohya's layout, e.g. a run's export/lora.safetensors) "
+                    "added to the UNet (and text encoder); a --run_dir trained with --lora_rank uses its own by default.")
+flags.DEFINE_float("lora_scale", 1.0, "Multiplies the LoRA's change to the weights (0: the base model).")
 
 
 def _model_and_weights():
@@ -52,15 +57,32 @@ def _model_and_weights():
     preset = run["model"]["preset"]
     if FLAGS["model"].present and FLAGS.model != preset:
         raise UserError(f"--model={FLAGS.model} but --run_dir {FLAGS.run_dir} was trained as {preset!r}")
+    model = with_resolution(model_config(preset), FLAGS.resolution or run["model"]["resolution"])
+    # Prompts padded as in training: a run from before pad ids were per preset padded with the end token.
+    pad = run["model"]["text_encoder"].get("pad_token_id", LEGACY_PAD_TOKEN_ID)
+    model = dataclasses.replace(model, text_encoder=dataclasses.replace(model.text_encoder, pad_token_id=pad))
+    # Sampled as trained: a run from an imported v-prediction model recorded it (older runs: epsilon).
+    prediction_type = run["model"].get("schedule", {}).get("prediction_type", "epsilon")
+    model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, prediction_type=prediction_type))
+    weights_dir = FLAGS.weights or run["runtime"]["weights"]
     unet_path = os.path.join(FLAGS.run_dir, "export", "unet.h5")
+    if run["train"].get("lora_rank") and not tf.io.gfile.exists(unet_path):
+        # A LoRA run without --merge_lora: the base networks plus its adapters (see _lora_path).
+        return model, weights_dir, {}, run
     if not tf.io.gfile.exists(unet_path):
         raise MissingInputError(f"{unet_path} is missing; did training in {FLAGS.run_dir} finish?")
     files = {"unet": unet_path}
     text_encoder_path = os.path.join(FLAGS.run_dir, "export", "text_encoder.h5")
     if tf.io.gfile.exists(text_encoder_path):  # trained with --train_text_encoder
         files["text_encoder"] = text_encoder_path
-    model = with_resolution(model_config(preset), FLAGS.resolution or run["model"]["resolution"])
-    return model, FLAGS.weights or run["runtime"]["weights"], files, run
+    return model, weights_dir, files, run
+
+
+def _lora_path(run, files):
+    """--lora, else a LoRA run's own adapters when its merged export is not what is loaded."""
+    if FLAGS.lora or run is None or not run["train"].get("lora_rank") or "unet" in files:
+        return FLAGS.lora
+    return os.path.join(FLAGS.run_dir, "export", "lora.safetensors")
 
 
 def _check_run_encoders(run, model, networks, weights_dir, files):
@@ -85,12 +107,14 @@ def main(argv):
     del argv
     common_flags.require("prompt", "output_dir")
     check_buckets(output_dir=FLAGS.output_dir, run_dir=FLAGS.run_dir, weights=FLAGS.weights,
-                  unet_weights=FLAGS.unet_weights, vocab_path=FLAGS.vocab_path)
+                  unet_weights=FLAGS.unet_weights, vocab_path=FLAGS.vocab_path, lora=FLAGS.lora)
     if FLAGS.num_images < 1 or FLAGS.batch_size < 1:
         raise UserError(f"--num_images and --batch_size must be >= 1, got {FLAGS.num_images}, {FLAGS.batch_size}")
     model, weights_dir, files, run = _model_and_weights()
     _check_num_steps(FLAGS.num_steps, model.schedule.num_train_timesteps)
-    tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
+    lora_path = _lora_path(run, files)
+    lora = read_lora_for(model, lora_path) if lora_path else None  # checked before any network is built
+    tokenizer = command_tokenizer(FLAGS.vocab_path, weights_dir)
     tokenizer.tokenize(FLAGS.prompt, model.text_encoder.max_length)  # a too-long prompt fails before any model is built
     tokenizer.tokenize(FLAGS.negative_prompt, model.text_encoder.max_length)
     networks = load_networks(
@@ -101,6 +125,8 @@ def main(argv):
     )
     if run is not None:
         _check_run_encoders(run, model, networks, weights_dir, files)
+    if lora:  # after the check: the records were encoded by the base text encoder
+        apply_lora(networks, lora, FLAGS.lora_scale, path=lora_path)
     sampler = Sampler(model, networks, tokenizer, compile=tf.function)
     progress = Progress(FLAGS.num_images, every_s=0)
     pictures = sampler.images(

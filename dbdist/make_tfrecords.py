@@ -29,7 +29,7 @@ from dbdist.data.record_pipeline import EncodeSettings, RecordPipeline, Source
 from dbdist.errors import UserError
 from dbdist.gcs_paths import check_buckets
 from dbdist.progress import Progress
-from dbdist.text.tokenizer import ClipTokenizer, resolve_vocab_path
+from dbdist.formats.tokenizer_files import command_tokenizer
 from dbdist.weights.fingerprint import encoding_networks, fingerprints_of
 from dbdist.weights.pretrained import load_networks
 
@@ -146,7 +146,7 @@ def main(argv):
     concepts = _concepts()
     for c in concepts:
         check_buckets(instance_dir=c.instance_dir, class_dir=c.class_dir)
-    tokenizer = ClipTokenizer(resolve_vocab_path(FLAGS.vocab_path))
+    tokenizer = command_tokenizer(FLAGS.vocab_path, FLAGS.weights)
     max_length = model.text_encoder.max_length
     for c in concepts:
         for prompt in (c.instance_prompt, c.class_prompt):
@@ -168,7 +168,7 @@ def main(argv):
     for s in sources["instance"] + sources["class"]:
         if s.prompt not in token_ids:
             try:
-                token_ids[s.prompt] = tokenizer.tokenize(s.prompt, max_length)
+                token_ids[s.prompt] = tokenizer.tokenize(s.prompt, max_length, model.text_encoder.pad_token_id)
             except ValueError as err:
                 raise UserError(f"{s.path}: {err}") from err
 
@@ -206,6 +206,7 @@ def main(argv):
         resolution=model.resolution,
         embedding_shape=model.embedding_shape,
         max_length=max_length,
+        pad_token_id=model.text_encoder.pad_token_id,
         record_format=features.LATENTS if FLAGS.cache_latents else features.PIXELS,
         latent_shape=latent_shape,
         flipped_latents=bool(FLAGS.cache_latents and FLAGS.random_flip),

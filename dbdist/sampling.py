@@ -26,8 +26,8 @@ class Sampler:
 
     def encode(self, prompts):
         """(N, 77, width) embeddings; an empty prompt is the unconditional input, as in keras-cv."""
-        length = self.config.text_encoder.max_length
-        tokens = np.stack([self.tokenizer.tokenize(p, length) for p in prompts])
+        length, pad = self.config.text_encoder.max_length, self.config.text_encoder.pad_token_id
+        tokens = np.stack([self.tokenizer.tokenize(p, length, pad) for p in prompts])
         return np.asarray(self.text_encoder(tokens, training=False), dtype=np.float32)
 
     def images(self, prompt, *, num_images, seed, num_steps=50, guidance_scale=7.5, negative_prompt="", batch_size=4, on_batch=None):

@@ -46,6 +46,7 @@ class Placement:
     allowed: tuple  # strategies that work on these machines
     replicas: int  # num_replicas_in_sync under `strategy`
     tpu: str = ""  # --tpu with --strategy=tpu
+    also: tuple = ()  # (flag name, argument) pairs the placement needs too, e.g. ("jax_distributed", "--jax_distributed")
 
     def flags_for(self, command_args):
         """The placement flags the user did not give, for a command that knows them."""
@@ -54,6 +55,7 @@ class Placement:
             out.append(f"--strategy={self.strategy}")
         if self.tpu and "tpu" not in command_args.given:
             out.append(f"--tpu={self.tpu}")
+        out += [argument for name, argument in self.also if name not in command_args.given]
         return out
 
     def check(self, command_args):

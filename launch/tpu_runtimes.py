@@ -1,4 +1,7 @@
-"""The software dbdist's TensorFlow engine runs with on a TPU: one table, each fact with its source.
+"""The software dbdist runs with on a TPU, per engine: one table each, each fact with its source.
+
+The TensorFlow engine's table comes first; the JAX engine's (`JAX_TPU_VM`, `JAX_CONTAINER`) is at
+the end of this docstring and of the module.
 
 launch.tpu_vm takes the TPU software version it creates VMs with and the packages it installs on
 them from here; launch/Dockerfile's tpu target installs the same pins (tests/test_tpu_runtimes.py
@@ -39,6 +42,32 @@ wheels' METADATA show it):
   (`gcloud compute tpus tpu-vm versions describe`) before it creates one.
   The client finds the workers through the Cloud TPU API with TensorFlow's client, which needs
   google-api-python-client and oauth2client (tensorflow/python/tpu/client/client.py).
+
+The JAX engine (`launch.tpu_vm --engine=jax`; read 2026-11-30):
+
+* Google's route for JAX on TPU VMs: the same base software versions as above ("PyTorch and JAX":
+  v6e v2-alpha-tpuv6e, v5p v2-alpha-tpuv5, v5e v2-alpha-tpuv5-lite, v4 and older
+  tpu-ubuntu2204-base, https://cloud.google.com/tpu/docs/runtimes), for one host and for pod
+  slices alike ("Run JAX code on TPU slices" creates a v5litepod-32 with v2-alpha-tpuv5-lite and
+  a v5p-32 with v2-alpha-tpuv5, https://cloud.google.com/tpu/docs/jax-pods), then
+  `pip install -U "jax[tpu]"` (https://docs.jax.dev/en/latest/installation.html, "TPU (Google
+  Cloud TPU VM)"), run on every worker (`gcloud compute tpus tpu-vm ssh ... --worker=all
+  --command=...`, jax-pods): JAX is multi-controller, one process per host, and
+  jax.distributed.initialize() finds the other hosts itself on a TPU slice.
+* Which JAX: the images' python3 is 3.10 (above), and JAX 0.6.2 is the newest JAX for it
+  (jax-0.6.2 METADATA: Requires-Python >=3.10; jax 0.7.0: >=3.11; https://pypi.org/project/jax/0.6.2/,
+  https://pypi.org/project/jax/0.7.0/). Its `tpu` extra pins jaxlib 0.6.2 and libtpu==0.0.17.*,
+  both from PyPI, no other index (libtpu 0.0.17: py3-none-manylinux_2_31_x86_64,
+  https://pypi.org/project/libtpu/0.0.17/). Keras 3.12.4 and TensorFlow 2.20.0 (the CPU build, for
+  the input pipeline's tf.data and gs://; it leaves the TPU to JAX) as for the TensorFlow engine.
+  dbdist's own JAX floor is 0.6.2 (pyproject.toml's test extra), tested there with TensorFlow 2.20
+  on Python 3.10 (README's version table). Checked with pip's resolver for CPython 3.10 on
+  manylinux x86_64 (`pip install --dry-run --python-version 3.10 --only-binary=:all:`): jax 0.6.2,
+  jaxlib 0.6.2, libtpu 0.0.17, keras 3.12.4, optax 0.2.8, orbax-checkpoint 0.11.39 (0.12 needs
+  Python >= 3.11), numpy 2.2.6.
+* The container (launch/Dockerfile's tpu-jax target, Vertex AI TPU machines) is free to choose
+  its Python: python:3.11-slim with constraints.txt's tested JAX 0.10.2 (its `tpu` extra: libtpu
+  0.0.42.*), Keras 3.15.1 and TensorFlow 2.21.0.
 """
 
 import dataclasses
@@ -155,7 +184,7 @@ def describe_table():
             f"Python {stack.python}; one host ({hosts}); pod slices: {stack.pod_slice}")
 
 
-if __name__ == "__main__":
+def _print_tables():
     for stack in STACKS:
         print(describe_table())
         print("pip install <dbdist>", *stack.dbdist_pins())
@@ -163,3 +192,105 @@ if __name__ == "__main__":
         print("pod slices also:", *stack.pod_client)
         for what, where in stack.sources.items():
             print(f"  {what}: {where}")
+    for name, stack in (("TPU VMs", JAX_TPU_VM), ("the tpu-jax container", JAX_CONTAINER)):
+        print(f"JAX engine on {name}: Python {stack.python};", "pip install <dbdist>", *stack.dbdist_pins())
+        for what, where in stack.sources.items():
+            print(f"  {what}: {where}")
+
+
+# --- the JAX engine -------------------------------------------------------------------------------
+
+JAX_DOCS = "https://docs.jax.dev/en/latest/installation.html"
+JAX_PODS_PAGE = "https://cloud.google.com/tpu/docs/jax-pods"
+# Set before Keras is imported: dbdist.train then runs the JAX engine (dbdist/jax_engine/).
+JAX_ENGINE_ENV = {"KERAS_BACKEND": "jax"}
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxTpuStack:
+    """The JAX engine on TPUs: jax[tpu] (libtpu from PyPI), the Python packages around it, the
+    interpreter, and the base TPU software version of each family (one host and slices alike)."""
+
+    jax: str
+    optax: str
+    orbax_checkpoint: str
+    libtpu: str  # what jax[tpu]==jax pins; pip takes it with the extra, it is not pinned again
+    keras: str
+    tensorflow: str  # the CPU build: the input pipeline (tf.data, gs://), never the TPU
+    tensorboard: str
+    keras_cv: str
+    python: str
+    runtimes: dict  # TPU family -> software version
+    sources: dict
+
+    def dbdist_pins(self):
+        # jax[tpu], optax and orbax-checkpoint are pyproject.toml's `jax` extra, pinned.
+        return (f"jax[tpu]=={self.jax}", f"optax=={self.optax}", f"orbax-checkpoint=={self.orbax_checkpoint}",
+                f"tensorflow=={self.tensorflow}", f"tensorboard=={self.tensorboard}", f"keras=={self.keras}",
+                f"keras-cv=={self.keras_cv}")
+
+    def runtime_for(self, accelerator: TpuVmType):
+        return self.runtimes[accelerator.family.name]
+
+
+JAX_TPU_VM = JaxTpuStack(
+    jax="0.6.2",
+    optax="0.2.8",
+    orbax_checkpoint="0.11.39",  # the newest for Python 3.10 (0.12 needs 3.11); not tested here
+    libtpu="0.0.17.*",
+    keras="3.12.4",
+    tensorflow="2.20.0",
+    tensorboard="2.20.0",
+    keras_cv="0.9.0",
+    python="3.10",
+    runtimes=dict(TF_2_20.single_host),
+    sources={
+        'pip install -U "jax[tpu]" (libtpu from PyPI)': JAX_DOCS,
+        "jax 0.6.2: the newest JAX for Python 3.10 (0.7.0 needs >=3.11); jax[tpu] pins libtpu==0.0.17.*":
+            "https://pypi.org/project/jax/0.6.2/",
+        "base software versions for JAX: v2-alpha-tpuv6e / v2-alpha-tpuv5 / v2-alpha-tpuv5-lite / "
+        "tpu-ubuntu2204-base": RUNTIMES_PAGE,
+        "slices: the same base versions, the same command on every worker (--worker=all)": JAX_PODS_PAGE,
+        "keras 3.12.4 (Requires-Python >=3.10)": "https://pypi.org/project/keras/3.12.4/",
+        "orbax-checkpoint 0.11.39: the newest for Python 3.10": "https://pypi.org/project/orbax-checkpoint/0.11.39/",
+    },
+)
+# launch/Dockerfile's tpu-jax target: its own Python, so constraints.txt's tested versions.
+JAX_CONTAINER = JaxTpuStack(
+    jax="0.10.2",
+    optax="0.2.8",
+    orbax_checkpoint="0.12.8",
+    libtpu="0.0.42.*",
+    keras="3.15.1",
+    tensorflow="2.21.0",
+    tensorboard="2.21.0",
+    keras_cv="0.9.0",
+    python="3.11",
+    runtimes={},
+    sources={"jax 0.10.2 (Requires-Python >=3.11; jax[tpu] pins libtpu==0.0.42.*)": "https://pypi.org/project/jax/0.10.2/"},
+)
+ENGINES = ("tf", "jax")
+
+
+def choose_runtime_for_engine(accelerator: TpuVmType, runtime_version="", engine="tf"):
+    """choose_runtime for the engine: the JAX engine runs on the base software versions only."""
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "tf":
+        return choose_runtime(accelerator, runtime_version)
+    expected = JAX_TPU_VM.runtime_for(accelerator)
+    if not runtime_version or runtime_version == expected:
+        return expected
+    if runtime_version in JAX_TPU_VM.runtimes.values():
+        why = f"it is the base software version of other TPU generations, not of {accelerator.family.name}"
+    elif _TF_RUNTIME.fullmatch(runtime_version):
+        why = ("it is a TensorFlow TPU software version (for --engine=tf); JAX installs itself with libtpu on "
+               "Google's base software versions")
+    else:
+        why = "it is not in dbdist's table of TPU software"
+    raise ValueError(f"--runtime_version={runtime_version!r} cannot run dbdist's JAX engine on {accelerator.name}: "
+                     f"{why}. Supported for {accelerator.name}: {expected} (the default; leave --runtime_version out)")
+
+
+if __name__ == "__main__":
+    _print_tables()

@@ -6,7 +6,7 @@ How to run (see launch/README.md for the set-up and the other shapes):
       --model=sd-v1 --data_dir=gs://B/dog/records --output_dir=gs://B/dog/run --max_train_steps=800 \\
       --global_batch_size=4
 Everything after `--` goes to `python -m dbdist.train` unchanged; the launcher adds only
---strategy=tpu and --tpu. What to expect: the gcloud calls of `--dry_run` (describe, create if
+--strategy=tpu and --tpu (--engine=jax: KERAS_BACKEND=jax and --strategy=data_parallel, on every host). What to expect: the gcloud calls of `--dry_run` (describe, create if
 missing, install, ssh, delete), then the chief's training log streamed here; checkpoints and the
 export in --output_dir on gs://. A preempted run is relaunched on a recreated VM and resumes.
 Every flag is checked before the first gcloud call; a bad one stops here and creates nothing.
@@ -21,7 +21,7 @@ from dbdist.training.preemption import PREEMPTED_EXIT_CODE
 from launch import cloud_flags
 from launch.accelerators import tpu_vm_type
 from launch.run_args import dbdist_run
-from launch.tpu_runtimes import choose_runtime
+from launch.tpu_runtimes import ENGINES, choose_runtime_for_engine
 from launch.tpu_vm_plan import TpuVm, TpuVmPlan, install_commands, run_command
 
 FLAGS = flags.FLAGS
@@ -36,6 +36,15 @@ flags.DEFINE_string("install", "", "pip-install dbdist on every worker from a wh
 flags.DEFINE_integer("max_restarts", 0, "Relaunch after a preemption up to this many times (needs --create and --install).")
 flags.DEFINE_bool("delete_after", False, "Delete the TPU VM when the run ends (success or not).")
 flags.DEFINE_string("remote_python", "python3", "The Python interpreter on the workers.")
+# dbdist.train defines --engine too (the same values, default None): a process that imports both
+# (the tests) must define it once, so here it is defined only if absent, and None means tf.
+if "engine" not in flags.FLAGS:
+    flags.DEFINE_enum("engine", None, ENGINES, "tf (default): TensorFlow's TPU build, one client (worker 0 on a slice). "
+                      "jax: the JAX engine (KERAS_BACKEND=jax, jax[tpu] with libtpu from PyPI), one process on every host.")
+
+
+def _engine():
+    return FLAGS.engine or "tf"
 
 SSH_LOST_EXIT_CODE = 255  # ssh's code when the connection drops, as when the VM goes away
 READY = "READY"
@@ -48,11 +57,17 @@ def plan_from_flags(train_args):
     cloud_flags.require("project", "zone", "tpu_name", "accelerator_type")
     try:
         accelerator = tpu_vm_type(FLAGS.accelerator_type)
-        runtime = choose_runtime(accelerator, FLAGS.runtime_version)
+        runtime = choose_runtime_for_engine(accelerator, FLAGS.runtime_version, _engine())
     except ValueError as err:
         raise app.UsageError(str(err)) from None
     vm = TpuVm(FLAGS.tpu_name, FLAGS.zone, FLAGS.project, accelerator, runtime, FLAGS.spot,
-               cloud_flags.SERVICE_ACCOUNT.value)
+               cloud_flags.SERVICE_ACCOUNT.value, _engine())
+    if _engine() == "jax" and cloud_flags.MAKE_TFRECORDS.value.strip():
+        # make_tfrecords is a TensorFlow command (strategies, the VAE and text encoder): the JAX
+        # install has no TensorFlow TPU build to run it on, and every host would write the records.
+        raise app.UsageError("--make_tfrecords runs with TensorFlow, which --engine=jax does not install for the TPU: "
+                             "make the records first (the same launcher with --engine=tf, or on a GPU/CPU machine), "
+                             "then train with --engine=jax and --data_dir=gs://...")
     if FLAGS.max_restarts < 0:
         raise app.UsageError(f"--max_restarts must be >= 0, got {FLAGS.max_restarts}")
     if FLAGS.max_restarts and not (FLAGS.create and FLAGS.install):

@@ -13,6 +13,13 @@ How TensorFlow uses a TPU VM decides the shape of the training command:
 
 dbdist is installed on every worker either way (pip, from a wheel or a git ref), with the pins
 of launch/tpu_runtimes.py, then TensorFlow's TPU build and its libtpu over dbdist's `tensorflow`.
+
+The JAX engine (--engine=jax) is multi-controller: one process per host, every host the same
+command (`--worker=all`, one host or a slice), `KERAS_BACKEND=jax` and `--strategy=data_parallel`
+over every chip of the slice; on a slice `--jax_distributed` too: jax.distributed.initialize()
+inside dbdist finds the other hosts.
+It installs `jax[tpu]` (libtpu from PyPI) with dbdist and nothing over it: the `tensorflow` it
+keeps is the CPU build that feeds tf.data.
 """
 
 import dataclasses
@@ -26,7 +33,10 @@ from absl import app
 from launch.accelerators import TpuVmType
 from launch.cloud_flags import check_project, check_service_account
 from launch.run_args import DbdistRun, Placement
-from launch.tpu_runtimes import DEFAULT, LIBTPU_PATH_VARIABLE, PJRT_DEVICE_ENV, POD_CLIENT_ENV
+from launch.tpu_runtimes import (DEFAULT, JAX_ENGINE_ENV, JAX_TPU_VM, LIBTPU_PATH_VARIABLE, PJRT_DEVICE_ENV,
+                                 POD_CLIENT_ENV)
+
+JAX_STRATEGY = "data_parallel"  # the JAX engine's --strategy: a Mesh over every device of every host
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -42,6 +52,7 @@ class TpuVm:
     runtime_version: str
     spot: bool = False
     service_account: str = ""
+    engine: str = "tf"  # "tf" or "jax" (launch/tpu_runtimes.py ENGINES)
 
     def __post_init__(self):
         if not _NAME.fullmatch(self.name):
@@ -84,6 +95,12 @@ class TpuVm:
 
     def placement(self):
         kind = f"{self.accelerator.name}, {'multi-host pod slice' if self.accelerator.multi_host else 'one host'}"
+        if self.engine == "jax":
+            # Every chip of every host is one JAX device of one mesh (v4/v5p megacore chips: one device each).
+            # Several hosts: each process starts with jax.distributed.initialize(), which finds the others.
+            also = (("jax_distributed", "--jax_distributed"),) if self.accelerator.multi_host else ()
+            return Placement(platform=f"the TPU VM {self.name} ({kind}, JAX engine)", strategy=JAX_STRATEGY,
+                             allowed=(JAX_STRATEGY,), replicas=self.accelerator.replicas, also=also)
         return Placement(platform=f"the TPU VM {self.name} ({kind})", strategy="tpu", allowed=("tpu",),
                          replicas=self.accelerator.replicas, tpu=self.name if self.accelerator.multi_host else "local")
 
@@ -99,12 +116,21 @@ def _pip_install(python, target, pins, tpu_build):
             f"{pip} --force-reinstall --no-deps {shlex.join(tpu_build)}")
 
 
+def _pip_install_jax(python, target, pins):
+    """dbdist with the JAX table's pins (jax[tpu] brings jaxlib and libtpu from PyPI), then dbdist
+    itself again (a rebuilt wheel keeps its version number). Nothing goes over it."""
+    pip = f"{python} -m pip install --quiet"
+    return f"{pip} {shlex.join([target, *pins])} && {pip} --force-reinstall --no-deps {shlex.quote(target)}"
+
+
 def install_commands(vm, spec, python="python3"):
     """gcloud argvs that pip-install dbdist on every worker from `spec`: a wheel (local or gs://)
     or a git URL (git+https://github.com/ORG/dbdist@REF)."""
     pins = (*DEFAULT.dbdist_pins(), *(DEFAULT.pod_client if vm.accelerator.multi_host else ()))
 
     def pip_install(target):
+        if vm.engine == "jax":
+            return _pip_install_jax(python, target, JAX_TPU_VM.dbdist_pins())
         return _pip_install(python, target, pins, DEFAULT.tpu_build())
 
     if spec.startswith("git+"):
@@ -123,7 +149,10 @@ def install_commands(vm, spec, python="python3"):
 
 
 def run_command(vm, run: DbdistRun, python="python3"):
-    """The gcloud ssh argv that runs dbdist (see the module docstring for the two shapes)."""
+    """The gcloud ssh argv that runs dbdist (see the module docstring for the shapes)."""
+    if vm.engine == "jax":
+        env = [f"{k}={shlex.quote(v)}" for k, v in JAX_ENGINE_ENV.items()]
+        return tuple(vm.ssh(" ".join([*env, shlex.join([python, *run.module_argv()])]), worker="all"))
     if vm.accelerator.multi_host:
         env = [f"{k}={shlex.quote(v)}" for k, v in POD_CLIENT_ENV.items()]
     else:
@@ -155,7 +184,8 @@ class TpuVmPlan:
         restarts = (f"; after a preemption (exit 143, lost ssh, VM not READY) the VM is recreated and this is run "
                     f"again, at most {self.max_restarts} time(s), and resumes from the newest checkpoint"
                     if self.max_restarts else "")
-        steps.append((f"Train, streaming the chief's output{restarts}:", self.run))
+        whose = "every host's output (JAX: one process per host)" if self.vm.engine == "jax" else "the chief's output"
+        steps.append((f"Train, streaming {whose}{restarts}:", self.run))
         if self.delete_after:
             steps.append(("Then (--delete_after), whatever the outcome:", self.vm.delete()))
         return "\n".join(f"# {i}. {comment}\n{shlex.join(argv)}" for i, (comment, argv) in enumerate(steps, 1))

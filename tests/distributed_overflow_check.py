@@ -24,9 +24,9 @@ else:
 from dbdist.config import OptimConfig, model_config  # noqa: E402
 from dbdist.data import features  # noqa: E402
 from dbdist.diffusion import NoiseSchedule  # noqa: E402
+from dbdist.diffusion.dreambooth_loss import LossSettings  # noqa: E402
 from dbdist.models import build_models  # noqa: E402
 from dbdist.training.loop import make_train_loop  # noqa: E402
-from dbdist.training.loss import LossSettings  # noqa: E402
 from dbdist.training.loss_scale import DynamicLossScale  # noqa: E402
 from dbdist.training.optimizer import build_optimizer  # noqa: E402
 from dbdist.training.step import TrainState  # noqa: E402
@@ -54,6 +54,9 @@ def dataset_fn(context):
             features.INSTANCE_PIXELS: pixels,
             features.INSTANCE_EMBEDDING: rng.normal(size=(1, 77, 32)).astype("float32"),
             features.EXAMPLE_POSITION: np.array([replica_id], "int32"),
+            features.INSTANCE_VAE_NOISE: rng.normal(size=(1, 8, 8, 4)).astype("float32"),
+            features.INSTANCE_NOISE: rng.normal(size=(1, 8, 8, 4)).astype("float32"),
+            features.INSTANCE_TIMESTEP: np.array([500], "int32"),
         }
 
     if multi_worker:
@@ -63,7 +66,7 @@ def dataset_fn(context):
 
 
 dataset = strategy.distribute_datasets_from_function(dataset_fn)
-loop = make_train_loop(strategy, state, LossSettings(2, 1.0, 0.18215, 32, 0, latent_shape=(8, 8, 4)), max_grad_norm=1.0)
+loop = make_train_loop(strategy, state, LossSettings(2, 1.0, 0.18215, 32), max_grad_norm=1.0)
 history = loop(iter(dataset), tf.constant(1))
 local = [v.values if hasattr(v, "values") else (v,) for v in models.unet.trainable_variables]
 replicas_identical = all(all(np.array_equal(c.numpy(), parts[0].numpy()) for c in parts) for parts in local)

@@ -12,7 +12,9 @@ from dbdist.config import model_config
 from dbdist.data import features
 from dbdist.data.manifest import read_manifest
 from dbdist.data.reader import read_all_examples
+from dbdist.formats import safetensors_io
 from dbdist.models import build_models
+from dbdist.weights.pretrained import load_networks
 from dbdist.weights.keras_cv_h5 import read_layer_arrays, save_keras_cv_h5
 
 TRAIN_FLAGS = dict(model="tiny", strategy="one_device", global_batch_size=2, log_every=1, seed=0)
@@ -41,10 +43,11 @@ def test_make_tfrecords_writes_shards_manifest_and_embeddings(records_dir, token
 
 
 @pytest.fixture(scope="module")
-def trained_run(records_dir, tmp_path_factory):
+def trained_run(records_dir, tmp_path_factory, vocab_path):
     """One tiny train run, shared by the test of what train writes and the generate tests."""
     run_dir = tmp_path_factory.mktemp("run")
-    run_command("train", data_dir=records_dir, output_dir=run_dir, max_train_steps=3, learning_rate=1e-3, **TRAIN_FLAGS)
+    run_command("train", data_dir=records_dir, output_dir=run_dir, max_train_steps=3, learning_rate=1e-3,
+                vocab_path=vocab_path, **TRAIN_FLAGS)  # the vocabulary: export/diffusers/tokenizer/
     return run_dir
 
 
@@ -145,3 +148,28 @@ def test_generate_negative_prompt_and_unet_weights_flag(trained_run, vocab_path,
     assert not np.array_equal(image["file"], image["negative"])
     assert not np.array_equal(image["file"], image["base"])  # the file's UNet drew it...
     np.testing.assert_array_equal(image["file"], image["run"])  # ...as the run dir's export does, bit for bit
+
+
+def test_train_exports_a_diffusers_folder_and_a_single_file_that_generate_reads(trained_run, vocab_path, tmp_path):
+    export = trained_run / "export"
+    for name in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                 "text_encoder/model.safetensors", "tokenizer/vocab.json", "scheduler/scheduler_config.json"):
+        assert (export / "diffusers" / name).is_file(), name
+    header = safetensors_io.read_header(export / "model.safetensors")
+    assert {dtype for dtype, _ in header.values()} == {"F16"}  # --export_dtype's default
+    assert any(k.startswith("model.diffusion_model.") for k in header)
+    assert any(k.startswith("first_stage_model.") for k in header)
+    # The folder holds the trained UNet exactly (fp32): as loaded, it is export/unet.h5 bit for bit.
+    unet = load_networks(model_config("tiny"), ("unet",), weights_dir=str(export / "diffusers")).unet
+    for a, b in zip([np.array(v) for v in unet.weights], _arrays(export / "unet.h5"), strict=True):
+        assert a.tobytes() == b.tobytes()
+    common = dict(prompt="a photo of sks ball", num_steps=2, num_images=1, seed=0, vocab_path=vocab_path)
+    run_command("generate", output_dir=tmp_path / "run", run_dir=trained_run, **common)
+    run_command("generate", output_dir=tmp_path / "diffusers", weights=export / "diffusers", model="tiny", **common)
+    run_command("generate", output_dir=tmp_path / "single", weights=export / "model.safetensors", model="tiny", **common)
+    image = {name: np.asarray(Image.open(tmp_path / name / "image_000.png")).astype(int)
+             for name in ("run", "diffusers", "single")}
+    # Imported weights run with diffusers' maths (exact GELU, SD's norm epsilons; the run used keras-cv's), and
+    # the single file holds fp16 weights: measured at most 1 level of 255 apart from the run's image for both.
+    for name in ("diffusers", "single"):
+        assert np.abs(image["run"] - image[name]).max() <= 2, name

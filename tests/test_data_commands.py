@@ -2,6 +2,7 @@
 class-image generation (resumable, replica-independent), cached latents, image modes,
 and the bad inputs of each."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -22,7 +23,8 @@ from dbdist.data.reader import CorruptShardError, make_train_dataset, read_all_e
 from dbdist.models import build_models
 from dbdist.sampling import Sampler
 from dbdist.weights.pretrained import RANDOM_INIT_SEED
-from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
+from dbdist.data.example_noise import NoiseSpec, with_noise
+from dbdist.diffusion.dreambooth_loss import LossSettings, dreambooth_loss
 from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
 
 GENERATED = re.compile(r"class-\d{5}-[0-9a-f]{10}\.png")
@@ -216,14 +218,14 @@ def test_cached_latents_draw_a_fresh_latent_every_step(latents_dir):
     (batch,) = make_train_dataset(latents_dir, m, per_replica_batch=3, seed=0).take(1)
     means = np.concatenate([batch[features.INSTANCE_LATENT_MEAN], batch[features.CLASS_LATENT_MEAN]])
     logvars = np.concatenate([batch[features.INSTANCE_LATENT_LOGVAR], batch[features.CLASS_LATENT_LOGVAR]])
-    settings = LossSettings(global_batch_size=3, prior_loss_weight=1.0, scaling_factor=0.18215,
-                            time_embedding_dim=32, seed=0, latent_shape=m.latent_shape)
+    settings = LossSettings(global_batch_size=3, prior_loss_weight=1.0, scaling_factor=0.18215, time_embedding_dim=32)
     sampled = []
     for step in (0, 1):
         unet = _CapturingUnet()
-        randomness = draw_randomness(batch, step, settings)
-        dreambooth_loss(unet, None, _NoNoise(), batch, randomness, settings)
-        expected = (means + np.exp(0.5 * logvars) * np.asarray(randomness["vae_noise"])) * 0.18215
+        noisy_batch = with_noise(batch, NoiseSpec(m.latent_shape), seed=0, step=step)  # as the pipeline draws it
+        dreambooth_loss(unet, None, _NoNoise(), noisy_batch, settings)
+        vae_noise = np.concatenate([noisy_batch[features.INSTANCE_VAE_NOISE], noisy_batch[features.CLASS_VAE_NOISE]])
+        expected = (means + np.exp(0.5 * logvars) * vae_noise) * 0.18215
         # float32 arithmetic on values of order 1: equal to rounding.
         np.testing.assert_allclose(unet.latents, expected, atol=1e-5)
         sampled.append(unet.latents)
@@ -389,3 +391,26 @@ def test_generate_refuses_a_text_encoder_other_than_the_records(records_dir, voc
                                          rf".*but this run's text_encoder is .*\(--weights={other_weights}\)"):
         run_command("generate", run_dir=tmp_path / "run", weights=other_weights, prompt="a photo of sks ball",
                     num_images=1, num_steps=1, output_dir=tmp_path / "samples", vocab_path=vocab_path)
+
+
+def test_records_pad_prompts_as_the_presets_tokenizer_and_train_checks_it(sample_images, vocab_path, tmp_path,
+                                                                          monkeypatch):
+    # make_tfrecords pads token ids (and encodes the embeddings) with the preset's pad id and records
+    # it; train refuses records padded otherwise than its preset pads. The tiny preset stands in for
+    # sd-v2 (OpenCLIP pads with 0) by padding with 0 while the records are made.
+    from dbdist import config
+
+    records = tmp_path / "records"
+    tiny = config.MODEL_PRESETS["tiny"]
+    monkeypatch.setitem(config.MODEL_PRESETS, "tiny", lambda: dataclasses.replace(
+        tiny(), text_encoder=dataclasses.replace(tiny().text_encoder, pad_token_id=0)))
+    run_command("make_tfrecords", model="tiny", instance_dir=sample_images[0], instance_prompt="a photo of sks ball",
+                output_dir=records, vocab_path=vocab_path)
+    m = read_manifest(records)
+    assert m.pad_token_id == 0
+    ids = read_prompt_table(records, m).token_ids[0].tolist()
+    assert ids[:7] == [49406, 320, 1125, 539, 48136, 1069, 49407] and set(ids[7:]) == {0}
+    monkeypatch.setitem(config.MODEL_PRESETS, "tiny", tiny)  # back to the end-token padding
+    with pytest.raises(ValueError, match=rf"data_dir {records} holds prompts padded with token id 0 and their "
+                                         r"embeddings; the 'tiny' text encoder's tokenizer pads with 49407"):
+        run_command("train", data_dir=records, output_dir=tmp_path / "run", model="tiny", max_train_steps=1)

@@ -73,13 +73,14 @@ def test_verify_reads_every_record_from_the_bucket(gcs_emulator, records):
 
 
 @pytest.mark.slow  # the gs:// end-to-end run: make test-all
-def test_train_checkpoints_exports_and_resumes_in_the_bucket(gcs_emulator, records, bucket):
+def test_train_checkpoints_exports_and_resumes_in_the_bucket(gcs_emulator, records, bucket, vocab_path):
     run = f"gs://{BUCKET}/run"
     flags = dict(data_dir=records[0], output_dir=run, model="tiny", global_batch_size=2, learning_rate=1e-3,
                  checkpoint_every=1, log_every=1)
     _ok(gcs_emulator, "dbdist.train", max_train_steps=2, **flags)
     names = _names(bucket, "run/")
-    assert {"config.json", "metrics.jsonl", "export/unet.h5", "loss_curve.png"} <= set(names)
+    assert {"config.json", "metrics.jsonl", "export/unet.h5", "loss_curve.png", "export/model.safetensors",
+            "export/diffusers/unet/diffusion_pytorch_model.safetensors"} <= set(names)
     assert any(n.startswith("checkpoints/ckpt-2") for n in names)
     first_export = bucket.blob("run/export/unet.h5").download_as_bytes()
     log = _ok(gcs_emulator, "dbdist.train", max_train_steps=3, **flags)
@@ -87,6 +88,10 @@ def test_train_checkpoints_exports_and_resumes_in_the_bucket(gcs_emulator, recor
     steps = [json.loads(line)["step"] for line in bucket.blob("run/metrics.jsonl").download_as_text().splitlines()]
     assert steps == [1, 2, 3]
     assert bucket.blob("run/export/unet.h5").download_as_bytes() != first_export  # trained one step more
+    # The single-file export, read back from the bucket as --weights.
+    _ok(gcs_emulator, "dbdist.generate", model="tiny", weights=f"{run}/export/model.safetensors", vocab_path=vocab_path,
+        prompt="a photo of sks ball", num_images=1, num_steps=2, output_dir=f"gs://{BUCKET}/samples")
+    assert "samples/image_000.png" in _names(bucket, "")
 
 
 def test_missing_bucket_is_a_clear_error_not_a_hang(gcs_emulator, sample_images, vocab_path):

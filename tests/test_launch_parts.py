@@ -73,7 +73,7 @@ def test_flags_are_those_of_the_command_itself():
 
 @pytest.mark.parametrize("args, message", [
     (["--max_train_step=5"], r"dbdist.train, which refuses them: Unknown command line flag 'max_train_step'"),
-    (["--strategy=gpu"], r"flag --strategy=gpu: value should be one of <one_device\|mirrored\|multi_worker\|tpu>"),
+    (["--strategy=gpu"], r"flag --strategy=gpu: value should be one of <one_device\|mirrored\|multi_worker\|tpu\|data_parallel>"),
     (["--learning_rate=fast"], r"flag --learning_rate=fast"),
     (["--prompt=a dog"], r"Unknown command line flag 'prompt'"),  # generate's flag, not train's
     (["extra"], r"takes flags only \(--name=value\); got \['extra'\]"),

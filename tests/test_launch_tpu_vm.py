@@ -138,6 +138,62 @@ def test_existing_v5e_vm_with_a_runtime_of_choice(capsys, gcloud_state):
     assert plan(*argv).run[-1].startswith(f"--command={PJRT} python3 -m dbdist.train --strategy=tpu --tpu=local ")
 
 
+# --engine=jax: jax[tpu] (libtpu from PyPI) with the TPU VM's JAX pins, nothing installed over it.
+JAX_PINS = ("'jax[tpu]==0.6.2' optax==0.2.8 orbax-checkpoint==0.11.39 "
+            "tensorflow==2.20.0 tensorboard==2.20.0 keras==3.12.4 keras-cv==0.9.0")
+
+
+def test_jax_engine_on_one_host_runs_every_worker_with_the_jax_backend(wheel):
+    p = plan("--project=test-project", "--zone=us-west4-a", "--tpu_name=db-v5e", "--accelerator_type=v5litepod-8",
+             "--engine=jax", "--create", f"--install={wheel}", "--", *TRAIN[:3], "--global_batch_size=8")
+    loc = _loc("us-west4-a")
+    # Google's base software version for v5e: JAX brings its own libtpu.
+    assert p.vm.create() == G + ["create", "db-v5e", *loc, "--accelerator-type=v5litepod-8",
+                                 "--version=v2-alpha-tpuv5-lite", "--scopes=https://www.googleapis.com/auth/cloud-platform"]
+    pip = (f"python3 -m pip install --quiet dbdist-0.1.0-py3-none-any.whl {JAX_PINS} && "
+           "python3 -m pip install --quiet --force-reinstall --no-deps dbdist-0.1.0-py3-none-any.whl")
+    assert p.install == (tuple(G + ["scp", wheel, "db-v5e:", *loc, "--worker=all"]),
+                         tuple(G + ["ssh", "db-v5e", *loc, "--worker=all", f"--command={pip}"]))
+    assert p.run == tuple(G + ["ssh", "db-v5e", *loc, "--worker=all", "--command=KERAS_BACKEND=jax python3 -m dbdist.train "
+                               f"--strategy=data_parallel {' '.join(TRAIN[:3])} --global_batch_size=8"])
+
+
+def test_jax_engine_on_a_slice_runs_one_process_per_host():
+    """JAX is multi-controller: every host of the slice runs the same command (not one client on worker 0)."""
+    p = plan("--project=test-project", "--zone=us-east5-a", "--tpu_name=db-v5p", "--accelerator_type=v5p-16", "--engine=jax",
+             "--install=git+https://github.com/example/dbdist@v0.1.0", "--", *TRAIN[:3], "--global_batch_size=16")
+    loc = _loc("us-east5-a")
+    assert p.vm.runtime_version == "v2-alpha-tpuv5"  # not the TensorFlow -pod software version
+    assert p.install == (tuple(G + ["ssh", "db-v5p", *loc, "--worker=all", "--command=python3 -m pip install --quiet "
+                                    f"git+https://github.com/example/dbdist@v0.1.0 {JAX_PINS} && python3 -m pip install "
+                                    "--quiet --force-reinstall --no-deps git+https://github.com/example/dbdist@v0.1.0"]),)
+    *head, command = p.run
+    assert head == G + ["ssh", "db-v5p", *loc, "--worker=all"]
+    assert shlex.split(command.removeprefix("--command=")) == [
+        "KERAS_BACKEND=jax", "python3", "-m", "dbdist.train", "--strategy=data_parallel", "--jax_distributed",
+        *TRAIN[:3], "--global_batch_size=16"]
+    assert "TPU_LOAD_LIBRARY" not in command and "--tpu=" not in command
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--engine=jax", *V4, "--", *TRAIN, "--strategy=tpu"),
+     r"--strategy=tpu \(after -- for dbdist.train\) does not run on the TPU VM db-v4 \(v4-8, one host, JAX engine\): "
+     r"use --strategy=data_parallel, or leave --strategy out"),
+    (("--engine=jax", *V4, "--runtime_version=tpu-vm-tf-2.20.0-pjrt", "--", *TRAIN),
+     r"cannot run dbdist's JAX engine on v4-8: it is a TensorFlow TPU software version"),
+    (("--engine=jax", *V4, "--make_tfrecords=--instance_dir=gs://bkt/i --instance_prompt=p", "--", *TRAIN),
+     r"--make_tfrecords runs with TensorFlow, which --engine=jax does not install"),
+    (("--engine=jax", *V4[:3], "--accelerator_type=v5p-16", "--", *TRAIN[:3], "--global_batch_size=12"),
+     r"--global_batch_size=12 .* is not divisible by the 8 replicas of the TPU VM db-v4 \(v5p-16, multi-host pod slice, "
+     r"JAX engine\)"),
+    (("--engine=pytorch", *V4, "--", *TRAIN), r"--engine"),
+])
+def test_jax_engine_bad_input_stops_before_any_gcloud_call(gcloud_state, argv, message):
+    with pytest.raises((app.UsageError, flags.IllegalFlagValueError), match=message):
+        run_launcher(*argv)
+    assert calls(gcloud_state) == []
+
+
 @pytest.mark.parametrize("argv, message", [
     (V4[1:] + ("--",) + TRAIN, r"missing required flag\(s\): --project"),
     ((V4[0], *V4[2:], "--", *TRAIN), r"missing required flag\(s\): --zone"),

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from dbdist.data import augment, features, manifest as manifest_lib, reader, writer
+from dbdist.data import augment, example_noise, features, manifest as manifest_lib, reader, writer
 
 RES, EMB, LATENT = 4, (77, 2), (1, 1, 2)
 
@@ -218,3 +218,58 @@ def test_mirrored_replicas_share_one_read_of_the_shards(tmp_path):
         assert [r["position"] for r in replicas] == [[0, 1], [2, 3]]
         got = np.concatenate([np.asarray(r["ids"]) for r in replicas])
         np.testing.assert_array_equal(got, whole[step][features.INSTANCE_TOKEN_IDS])
+
+
+NOISE_KEYS = [key for stream in example_noise.BATCH_KEYS.values() for key in stream.values()]
+
+
+def test_each_examples_noise_is_keyed_by_its_global_position_whatever_the_split(tmp_path):
+    # One replica, two replicas fed by one pipeline, and two workers must hand every global-batch
+    # position the same noise and timestep: the key is (seed, pipeline step, global position,
+    # stream), never the replica. With accumulation the pipeline counts micro-steps from
+    # step * accum (as train.py starts it), so micro-batch m of step s is keyed s * accum + m.
+    data = _data_dir(tmp_path, [(3, 2), (2, 2)])
+    spec = example_noise.NoiseSpec(latent_shape=(2, 2, 3), num_train_timesteps=1000, noise_offset=0.1)
+    accum, step, seed = 2, 5, 3
+    start = step * accum
+    one = _take(data, accum, per_replica_batch=4, noise=spec, start_step=start, seed=seed)
+    local = _take(data, 2 * accum, per_replica_batch=2, global_batch=4, local_replicas=2, noise=spec,
+                  start_step=start, seed=seed)
+    workers = [_take(data, accum, per_replica_batch=2, global_batch=4, replica_id=r, noise=spec, start_step=start,
+                     seed=seed) for r in (0, 1)]
+    for micro in range(accum):
+        whole = one[micro]
+        assert all(v.shape[0] == 4 for v in whole.values())  # every key per example, position axis first
+        for key in NOISE_KEYS:
+            np.testing.assert_array_equal(np.concatenate([local[2 * micro][key], local[2 * micro + 1][key]]), whole[key])
+            np.testing.assert_array_equal(np.concatenate([workers[0][micro][key], workers[1][micro][key]]), whole[key])
+        for stream, keys in example_noise.BATCH_KEYS.items():
+            for position in range(4):
+                expected = example_noise.draw(spec, seed=seed, step=start + micro, position=position, stream=stream)
+                for name, key in keys.items():
+                    np.testing.assert_array_equal(whole[key][position], expected[name])
+    assert whole[features.INSTANCE_NOISE].shape == (4, 2, 2, 3) and whole[features.CLASS_TIMESTEP].dtype == np.int32
+    # Micro-batches, positions and streams each draw their own numbers.
+    assert not np.array_equal(one[0][features.INSTANCE_NOISE], one[1][features.INSTANCE_NOISE])
+    assert not np.array_equal(whole[features.INSTANCE_NOISE][0], whole[features.INSTANCE_NOISE][1])
+    assert not np.array_equal(whole[features.INSTANCE_NOISE], whole[features.CLASS_NOISE])
+
+
+def test_offset_noise_adds_one_draw_per_example_and_channel(tmp_path):
+    # diffusers: noise += noise_offset * randn(B, C, 1, 1). Drawn in the pipeline with a key of
+    # its own, so the plain noise, the VAE noise and the timesteps stay what they were.
+    data = _data_dir(tmp_path, [(3, 2)])
+    shape, seed = (2, 3, 4), 3
+    (plain,) = _take(data, 1, noise=example_noise.NoiseSpec(shape), seed=seed)
+    (zero,) = _take(data, 1, noise=example_noise.NoiseSpec(shape, noise_offset=0.0), seed=seed)
+    (offset,) = _take(data, 1, noise=example_noise.NoiseSpec(shape, noise_offset=0.3), seed=seed)
+    for key in NOISE_KEYS:
+        np.testing.assert_array_equal(zero[key], plain[key])  # 0 is today's noise, bit for bit
+        if key not in (features.INSTANCE_NOISE, features.CLASS_NOISE):
+            np.testing.assert_array_equal(offset[key], plain[key])
+    for stream, key in ((0, features.INSTANCE_NOISE), (1, features.CLASS_NOISE)):
+        draws = np.stack([example_noise.offset_noise(seed, 0, p, stream, shape[-1]).numpy() for p in range(4)])
+        expected = plain[key].astype(np.float64) + 0.3 * draws  # (4, 1, 1, C) broadcast over h and w
+        # One float32 addition: rounding of values of order 1.
+        np.testing.assert_allclose(offset[key], expected, rtol=0, atol=1e-6)
+        assert len(np.unique(np.round(draws, 6))) == draws.size  # its own draw per example and channel

@@ -273,15 +273,27 @@ def test_manifest_errors(tmp_path, edit, error, message):
 
 def test_check_compatible_says_what_differs(data_dir):
     _, m = data_dir
-    manifest_lib.check_compatible(m, preset="tiny", resolution=RES, embedding_shape=EMB)
+    manifest_lib.check_compatible(m, preset="tiny", resolution=RES, embedding_shape=EMB, pad_token_id=49407)
     expected = ("data_dir gs://b/d was made for preset 'tiny' at 8 px with embeddings (77, 4); "
                 "the model is 'sd-v1' at 512 px with (77, 768)")
     with pytest.raises(ValueError) as err:
         manifest_lib.check_compatible(m, preset="sd-v1", resolution=512, embedding_shape=(77, 768),
-                                      data_dir="gs://b/d")
+                                      pad_token_id=49407, data_dir="gs://b/d")
     assert str(err.value) == expected
     with pytest.raises(ValueError, match="preset 'tiny'.*'sd-v2'"):
-        manifest_lib.check_compatible(m, preset="sd-v2", resolution=RES, embedding_shape=EMB)
+        manifest_lib.check_compatible(m, preset="sd-v2", resolution=RES, embedding_shape=EMB, pad_token_id=0)
+
+
+def test_records_padded_otherwise_than_the_model_are_refused(tmp_path):
+    # A manifest from before pad ids were recorded was padded with the end token, as every preset
+    # then padded: sd-v1 and tiny (which still pad so) read it; sd-v2 (OpenCLIP pads with 0) refuses it.
+    legacy = manifest_lib.read_manifest(_rewrite(tmp_path, lambda f: f.pop("pad_token_id")))
+    assert legacy.pad_token_id == 49407
+    manifest_lib.check_compatible(legacy, preset="tiny", resolution=RES, embedding_shape=EMB, pad_token_id=49407)
+    with pytest.raises(ValueError, match=r"data_dir d holds prompts padded with token id 49407 and their embeddings; "
+                                         r"the 'tiny' text encoder's tokenizer pads with 0: remake it"):
+        manifest_lib.check_compatible(legacy, preset="tiny", resolution=RES, embedding_shape=EMB, pad_token_id=0,
+                                      data_dir="d")
 
 
 # --- reader -----------------------------------------------------------------------------

@@ -99,6 +99,14 @@ def test_tokenize_pads_with_end_token(tokenizer):
     assert empty.tolist() == [49406] + [49407] * 76
 
 
+def test_tokenize_pads_with_the_models_own_pad_id(tokenizer):
+    # SD 2.x's OpenCLIP tokenizer pads with 0 after the end token; SD 1.x's CLIP with the end token.
+    assert tokenizer.tokenize("a photo of sks dog", 9, pad_token_id=0).tolist() == [
+        49406, 320, 1125, 539, 48136, 1929, 49407, 0, 0]
+    assert tokenizer.tokenize("", 4, pad_token_id=0).tolist() == [49406, 49407, 0, 0]
+    assert tokenizer.tokenize_batch(["dog"], 4, pad_token_id=0).tolist() == [[49406, 1929, 49407, 0]]
+
+
 def test_tokenize_batch(tokenizer):
     batch = tokenizer.tokenize_batch(["a photo of sks dog", "", "dog"], max_length=10)
     assert batch.dtype == np.int32 and batch.shape == (3, 10)

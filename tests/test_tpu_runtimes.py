@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 
 from launch import tpu_runtimes
 from launch.accelerators import tpu_vm_type
-from launch.tpu_runtimes import DEFAULT, choose_runtime
+from launch.tpu_runtimes import DEFAULT, JAX_CONTAINER, JAX_TPU_VM, choose_runtime, choose_runtime_for_engine
 
 try:
     import tomllib
@@ -69,9 +69,16 @@ def test_software_outside_the_table_is_refused_naming_the_choices(accelerator, r
     assert "All supported: tensorflow-tpu 2.20.0 + libtpu 0.0.14, keras 3.12.4" in message
 
 
-def _dockerfile_tpu_stage():
+def _dockerfile_stage(name):
+    """The Dockerfile's stage `name`: from its FROM line to the next FROM."""
     text = (REPO / "launch" / "Dockerfile").read_text()
-    return text[text.index("AS tpu"):text.index("AS gpu")]
+    start = text.index(f"AS {name}\n")
+    end = text.find("\nFROM ", start)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def _dockerfile_tpu_stage():
+    return _dockerfile_stage("tpu")
 
 
 def test_the_dockerfile_tpu_target_installs_the_table():
@@ -85,11 +92,74 @@ def test_the_dockerfile_tpu_target_installs_the_table():
     assert f"TF_PLUGGABLE_DEVICE_LIBRARY_PATH={tpu_runtimes.CONTAINER_LIBTPU}" in stage
 
 
+def test_the_dockerfile_tpu_jax_target_installs_the_jax_container_table():
+    stage = _dockerfile_stage("tpu-jax")
+    args = dict(re.findall(r'^ARG (\w+)="([^"]*)"', stage, re.MULTILINE))
+    assert args == {"JAX_PINS": " ".join(JAX_CONTAINER.dbdist_pins())}
+    text = (REPO / "launch" / "Dockerfile").read_text()
+    assert f"FROM python:{JAX_CONTAINER.python}-slim AS tpu-jax" in text
+    assert "ENV KERAS_BACKEND=jax" in stage
+    assert "TF_PLUGGABLE_DEVICE_LIBRARY_PATH" not in stage and "--force-reinstall" not in stage  # JAX finds libtpu itself
+    assert text.rstrip().endswith('ENTRYPOINT ["python", "-m", "dbdist.train"]') and text.index("AS gpu") > text.index(
+        "AS tpu-jax")  # gpu stays the last stage: the default target
+
+
+def test_the_jax_container_table_is_the_tested_constraints():
+    """The container's JAX stack is constraints.txt's, what `make test-all` runs."""
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    names = ("jax", "optax", "orbax_checkpoint", "keras", "tensorflow", "tensorboard")
+    assert {name: getattr(JAX_CONTAINER, name) for name in names} == {
+        name: pins[name.replace("_", "-")] for name in names}
+
+
+@pytest.mark.parametrize("accelerator, runtime", [
+    ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+    ("v5litepod-32", "v2-alpha-tpuv5-lite"),  # a slice: the same base version (JAX installs itself)
+    ("v5p-16", "v2-alpha-tpuv5"),
+    ("v6e-8", "v2-alpha-tpuv6e"),
+    ("v4-32", "tpu-ubuntu2204-base"),
+])
+def test_the_jax_engine_runs_on_the_base_software_versions(accelerator, runtime):
+    assert choose_runtime_for_engine(tpu_vm_type(accelerator), "", "jax") == runtime
+    assert choose_runtime_for_engine(tpu_vm_type(accelerator), runtime, "jax") == runtime
+    assert choose_runtime_for_engine(tpu_vm_type("v4-8"), "", "tf") == "tpu-ubuntu2204-base"  # tf: the table above
+
+
+@pytest.mark.parametrize("accelerator, runtime, why", [
+    ("v5p-16", "tpu-vm-tf-2.20.0-pod-pjrt", r"a TensorFlow TPU software version \(for --engine=tf\)"),
+    ("v6e-8", "v2-alpha-tpuv5-lite", r"the base software version of other TPU generations, not of v6e"),
+    ("v6e-8", "my-image", r"not in dbdist's table"),
+])
+def test_the_jax_engine_refuses_other_software_versions(accelerator, runtime, why):
+    with pytest.raises(ValueError, match=rf"--runtime_version='{runtime}' cannot run dbdist's JAX engine on "
+                                         rf"{accelerator}: (it is )?{why}.*\. Supported for {accelerator}: "):
+        choose_runtime_for_engine(tpu_vm_type(accelerator), runtime, "jax")
+
+
+def test_the_jax_tpu_vm_stack_is_for_the_images_python():
+    """The VM installs into the image's python3, the TensorFlow table's Python; JAX 0.6.2 is
+    pyproject.toml's floor (the newest JAX for 3.10)."""
+    assert JAX_TPU_VM.python == DEFAULT.python
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    jax_requirement = next(Requirement(r) for r in project["optional-dependencies"]["test"] if r.startswith("jax"))
+    assert jax_requirement.specifier.contains(JAX_TPU_VM.jax)
+    assert JAX_TPU_VM.runtimes == DEFAULT.single_host
+
+
 def test_the_readme_table_shows_the_table():
     readme = (REPO / "launch" / "README.md").read_text()
     table = readme[readme.index("**TensorFlow on the TPU.**"):readme.index("Why this one:")]
     shown = [*DEFAULT.dbdist_pins()[2:], *DEFAULT.tpu_build(), f"tensorboard=={DEFAULT.tensorboard}",
              f"Python | {DEFAULT.python}", *DEFAULT.runtimes(), *DEFAULT.sources.values()]
+    assert [value for value in shown if value not in table] == []
+
+
+def test_the_readme_jax_table_shows_the_jax_tables():
+    readme = (REPO / "launch" / "README.md").read_text()
+    table = readme[readme.index("**JAX on the TPU (`--engine=jax`).**"):readme.index("**ssh to every worker**")]
+    shown = [*JAX_TPU_VM.dbdist_pins(), *JAX_CONTAINER.dbdist_pins(), f"libtpu=={JAX_TPU_VM.libtpu}",
+             *JAX_TPU_VM.runtimes.values(), *JAX_TPU_VM.sources.values(), *JAX_CONTAINER.sources.values()]
     assert [value for value in shown if value not in table] == []
 
 
@@ -149,3 +219,14 @@ def test_the_install_check_refuses_what_cannot_install(uv, tmp_path):
         requirements = [changed.get(Requirement(r).name, r) for r in launcher_requirements(DEFAULT)]
         result = resolve_for_tpu_vm(uv, requirements, tmp_path)
         assert result.returncode != 0 and message in result.stderr, (changed, result.stderr)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_what_the_jax_engine_installs_resolves_on_pypi_for_the_tpu_vm_python(uv, tmp_path):
+    """launch.tpu_vm --engine=jax: dbdist with JAX_TPU_VM's pins, for the image's Python 3.10."""
+    result = resolve_for_tpu_vm(uv, list(JAX_TPU_VM.dbdist_pins()), tmp_path)
+    assert result.returncode == 0, result.stderr
+    resolved = set(result.stdout.split())
+    assert {f"jax=={JAX_TPU_VM.jax}", f"jaxlib=={JAX_TPU_VM.jax}", f"keras=={JAX_TPU_VM.keras}"} <= resolved, result.stdout
+    assert any(line.startswith(f"libtpu=={JAX_TPU_VM.libtpu.rstrip('.*')}") for line in resolved), result.stdout

@@ -10,14 +10,15 @@ import tensorflow as tf
 from commands import run_command
 from PIL import Image
 
-from dbdist import train
 from dbdist.config import OptimConfig, model_config
-from dbdist.data import features
+from dbdist.data import example_noise, features
 from dbdist.diffusion import NoiseSchedule
 from dbdist.diffusion.ddim import ddim_update
+from dbdist.diffusion.dreambooth_loss import LossSettings, dreambooth_loss
 from dbdist.models import build_models
+from dbdist.training import engine as tf_engine
+from dbdist.training.engine import TfEngine
 from dbdist.training.lost_worker import describe
-from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
 from dbdist.training.optimizer import EngineAdamW, build_optimizer
 from dbdist.training.schedules import WarmupThenDecay
 from dbdist.training.step import TrainState, micro_batch_gradients, replica_train_step
@@ -42,30 +43,29 @@ def test_text_encoder_gradients_accumulate_and_clip_by_their_dense_norm():
         text_optimizer=build_optimizer(OptimConfig(learning_rate=0.0)),
     )
     accum = 2
-    settings = LossSettings(2 * accum, 1.0, 0.18215, 32, seed=5, latent_shape=(8, 8, 4))
+    settings = LossSettings(2 * accum, 1.0, 0.18215, 32)
     rng = np.random.default_rng(0)
     tokens = np.full((2, 77), 49407, dtype="int32")  # the end token pads, as the tokenizer pads
     tokens[:, :4] = [49406, 320, 1125, 539]
     batches = [
-        {
+        example_noise.with_noise({
             features.INSTANCE_PIXELS: tf.constant(np.tanh(rng.normal(size=(2, 64, 64, 3))), tf.float32),
             features.INSTANCE_TOKEN_IDS: tf.constant(tokens),
             features.INSTANCE_EMBEDDING: tf.zeros((2, 77, 32)),
             features.EXAMPLE_POSITION: tf.constant([2 * m, 2 * m + 1]),
-        }
+        }, example_noise.NoiseSpec(latent_shape=(8, 8, 4)), seed=5, step=m)
         for m in range(accum)
     ]
     expected = []
-    for micro, batch in enumerate(batches):
+    for batch in batches:
         with tf.GradientTape() as tape:
             loss, _ = dreambooth_loss(
-                state.unet, state.vae_encoder, state.schedule, batch, draw_randomness(batch, state.step * accum + micro, settings),
-                settings, text_encoder=state.text_encoder,
+                state.unet, state.vae_encoder, state.schedule, batch, settings, text_encoder=state.text_encoder,
             )
         dense = [tf.convert_to_tensor(g) for g in tape.gradient(loss, state.trainable_variables())]
         expected = dense if not expected else [a + b for a, b in zip(expected, dense)]
-    compute = lambda batch, randomness: micro_batch_gradients(state, batch, randomness, settings)  # noqa: E731
-    metrics = replica_train_step(state, batches, settings, max_grad_norm=1e9, compute=compute)
+    compute = lambda batch: micro_batch_gradients(state, batch, settings)  # noqa: E731
+    metrics = replica_train_step(state, batches, max_grad_norm=1e9, compute=compute)
     # The same float32 sums in the same order, up to the norm's own reduction order: relative 1e-6.
     np.testing.assert_allclose(metrics["grad_norm"], tf.linalg.global_norm(expected), rtol=1e-6)
 
@@ -77,10 +77,15 @@ class _Spy:
         self.states = []
         self.applied = {}  # id(optimizer) -> [learning rate of each update]
         self.loop_steps = []  # steps run by each call of the compiled loop
-        build_state = train._build_state
-        monkeypatch.setattr(train, "_build_state", lambda *a, **k: self._keep(build_state(*a, **k)))
-        make_train_loop = train.make_train_loop
-        monkeypatch.setattr(train, "make_train_loop", lambda *a, **k: self._count(make_train_loop(*a, **k)))
+        build_state = TfEngine.build_state
+
+        def kept_build_state(engine, *args, **kwargs):
+            build_state(engine, *args, **kwargs)
+            self._keep(engine.state)
+
+        monkeypatch.setattr(TfEngine, "build_state", kept_build_state)
+        make_train_loop = tf_engine.make_train_loop
+        monkeypatch.setattr(tf_engine, "make_train_loop", lambda *a, **k: self._count(make_train_loop(*a, **k)))
         update_step = EngineAdamW._backend_update_step
         spy = self
 

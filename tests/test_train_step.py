@@ -9,8 +9,8 @@ from dbdist.config import OptimConfig, model_config
 from dbdist.data import features
 from dbdist.diffusion import NoiseSchedule
 from dbdist.models import build_models
-from dbdist.training import example_noise
-from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
+from dbdist.data import example_noise
+from dbdist.diffusion.dreambooth_loss import LossSettings, dreambooth_loss
 from dbdist.training.loss_scale import DynamicLossScale
 from dbdist.training.optimizer import build_optimizer
 from dbdist.training.step import TrainState, micro_batch_gradients, replica_train_step
@@ -23,7 +23,12 @@ def tiny():
     return build_models(model_config("tiny"), ("unet", "vae_encoder"), seed=0)
 
 
-def _batch(rows=slice(None)):
+NOISE = example_noise.NoiseSpec(latent_shape=(8, 8, 4))
+SEED = 5
+
+
+def _batch(rows=slice(None), step=3):
+    """The global batch with the noise the input pipeline would draw at `step`, or its `rows`."""
     rng = np.random.default_rng(0)
 
     def arr(*shape):
@@ -36,17 +41,17 @@ def _batch(rows=slice(None)):
         features.CLASS_EMBEDDING: arr(77, 32),
         features.EXAMPLE_POSITION: np.arange(GLOBAL_BATCH, dtype="int32"),
     }
+    full = example_noise.with_noise(full, NOISE, seed=SEED, step=step)
     return {k: tf.constant(v[rows]) for k, v in full.items()}
 
 
 def _settings(prior_loss_weight=1.0):
-    return LossSettings(GLOBAL_BATCH, prior_loss_weight, 0.18215, 32, seed=5, latent_shape=(8, 8, 4))
+    return LossSettings(GLOBAL_BATCH, prior_loss_weight, 0.18215, 32)
 
 
-def _loss_and_grads(tiny, batch, settings, step=3):
+def _loss_and_grads(tiny, batch, settings):
     with tf.GradientTape() as tape:
-        randomness = draw_randomness(batch, tf.constant(step, tf.int64), settings)
-        loss, terms = dreambooth_loss(tiny.unet, tiny.vae_encoder, NoiseSchedule(), batch, randomness, settings)
+        loss, terms = dreambooth_loss(tiny.unet, tiny.vae_encoder, NoiseSchedule(), batch, settings)
     return loss, terms, tape.gradient(loss, tiny.unet.trainable_variables)
 
 
@@ -74,15 +79,17 @@ def test_loss_is_instance_plus_weighted_prior(tiny):
 
 def test_noise_is_keyed_by_example_position_not_by_batch():
     shape = (8, 8, 4)
-    all_rows = example_noise.diffusion_noise(1, 7, tf.constant([0, 1, 2, 3]), 0, shape)
-    one_row = example_noise.diffusion_noise(1, 7, tf.constant([2]), 0, shape)
-    np.testing.assert_array_equal(all_rows[2], one_row[0])
-    assert not np.array_equal(all_rows[0], all_rows[1])
-    assert not np.array_equal(all_rows[2], example_noise.diffusion_noise(1, 8, tf.constant([2]), 0, shape)[0])
-    assert not np.array_equal(all_rows[2], example_noise.diffusion_noise(1, 7, tf.constant([2]), 1, shape)[0])
-    assert not np.array_equal(all_rows[2], example_noise.vae_noise(1, 7, tf.constant([2]), 0, shape)[0])
-    t = example_noise.timesteps(1, 7, tf.constant(list(range(64))), 0, 1000).numpy()
+    rows = [example_noise.diffusion_noise(1, 7, p, 0, shape) for p in range(4)]
+    assert not np.array_equal(rows[0], rows[1])
+    assert not np.array_equal(rows[2], example_noise.diffusion_noise(1, 8, 2, 0, shape))
+    assert not np.array_equal(rows[2], example_noise.diffusion_noise(1, 7, 2, 1, shape))
+    assert not np.array_equal(rows[2], example_noise.vae_noise(1, 7, 2, 0, shape))
+    t = np.array([example_noise.timestep(1, 7, p, 0, 1000).numpy() for p in range(64)])
     assert t.min() >= 0 and t.max() < 1000 and len(set(t)) > 40
+    # A hand-made batch gets the same draws per position, whichever rows it holds.
+    batch = {features.INSTANCE_EMBEDDING: tf.zeros((2, 77, 32)), features.EXAMPLE_POSITION: tf.constant([3, 1])}
+    drawn = example_noise.with_noise(batch, example_noise.NoiseSpec(shape), seed=1, step=7)
+    np.testing.assert_array_equal(drawn[features.INSTANCE_NOISE][1], rows[1])
 
 
 def _state(tiny, learning_rate, loss_scale=None):
@@ -96,8 +103,7 @@ def _state(tiny, learning_rate, loss_scale=None):
 
 def _step(state, batches, settings, max_grad_norm):
     return replica_train_step(
-        state, list(batches), settings, max_grad_norm,
-        lambda b, r: micro_batch_gradients(state, b, r, settings=settings),
+        state, list(batches), max_grad_norm, lambda b: micro_batch_gradients(state, b, settings=settings),
     )
 
 
@@ -124,7 +130,7 @@ def _weights(model):
 
 @pytest.mark.parametrize("max_grad_norm", [1e-3, 1e9])
 def test_step_reports_the_unclipped_norm_and_applies_the_clipped_gradient(tiny, monkeypatch, max_grad_norm):
-    _, _, grads = _loss_and_grads(tiny, _batch(), _settings(), step=0)
+    _, _, grads = _loss_and_grads(tiny, _batch(), _settings())
     grads = [g.numpy() for g in grads]
     expected_norm = _global_norm(grads)
     assert expected_norm > 1e-2  # so that the clip at 1e-3 binds (and 1e9 does not)
@@ -145,24 +151,19 @@ def test_step_reports_the_unclipped_norm_and_applies_the_clipped_gradient(tiny, 
 def test_accumulated_micro_batches_apply_the_gradient_of_one_larger_batch(tiny, monkeypatch):
     """K=2 micro-batches of 2 examples hand the optimizer the gradient of one 4-example batch.
 
-    Each micro-batch draws its noise as "step" step*K + micro (step.py), keyed by the
-    examples' positions; the 4-example batch is given exactly those draws, instance rows
-    then class rows as draw_randomness orders them, so both sides see the same numbers.
+    Each micro-batch comes with its noise drawn at its own pipeline step (step*K + micro);
+    the 4-example batch is given exactly those draws (every batch key is per example,
+    so the two micro-batches concatenate), so both sides see the same numbers.
     """
     settings = _settings()  # global batch 4 = 2 examples x 2 micro-batches
-    micro_batches = [_batch(slice(0, 2)), _batch(slice(2, 4))]
-    state = _state(tiny, 0.0)
     step = 3
-    state.step.assign(step)
+    micro_batches = [_batch(slice(0, 2), step=step * 2), _batch(slice(2, 4), step=step * 2 + 1)]
+    state = _state(tiny, 0.0)
     applied = _spy_on_applied_gradients(state, monkeypatch)
     metrics = _step(state, micro_batches, settings, max_grad_norm=1e9)  # clipping off
 
-    draws = [draw_randomness(b, tf.constant(step * 2 + i, tf.int64), settings) for i, b in enumerate(micro_batches)]
-    one_batch_randomness = {
-        # Each draw is [instance rows; class rows]: regroup as [instance 0-3; class 0-3].
-        key: tf.concat([d[key][:2] for d in draws] + [d[key][2:] for d in draws], axis=0) for key in draws[0]
-    }
-    expected, expected_metrics = micro_batch_gradients(state, _batch(), one_batch_randomness, settings=settings)
+    one_batch = {key: tf.concat([b[key] for b in micro_batches], axis=0) for key in micro_batches[0]}
+    expected, expected_metrics = micro_batch_gradients(state, one_batch, settings=settings)
     expected = [g.numpy() for g in expected]
     (gradients,) = applied
     # The same sums in float32 in another order: 1e-5 of the largest gradient entry. Averaging

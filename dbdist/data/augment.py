@@ -2,7 +2,7 @@
 
 Each decision comes from a stateless draw keyed by (seed, data step, position of
 the example in the global batch, stream), like the training noise in
-dbdist/training/example_noise.py but with a salt of its own, so a global batch
+dbdist/data/example_noise.py but with a salt of its own, so a global batch
 is augmented the same way on one device, N replicas or N workers, and after a
 resume.
 """

@@ -20,6 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from dbdist.data import images
+# Keys of the flat training batch the reader yields: one TensorFlow-free list, re-exported here.
+from dbdist.data.batch_keys import (  # noqa: F401
+    CLASS_EMBEDDING, CLASS_LATENT_LOGVAR, CLASS_LATENT_MEAN, CLASS_NOISE, CLASS_PIXELS, CLASS_TIMESTEP,
+    CLASS_TOKEN_IDS, CLASS_VAE_NOISE, EXAMPLE_POSITION, INSTANCE_EMBEDDING, INSTANCE_LATENT_LOGVAR,
+    INSTANCE_LATENT_MEAN, INSTANCE_NOISE, INSTANCE_PIXELS, INSTANCE_TIMESTEP, INSTANCE_TOKEN_IDS, INSTANCE_VAE_NOISE,
+)
 
 # Record feature keys.
 IMAGE = "image"              # PNG bytes of an RGB uint8 image, shorter side == resolution
@@ -45,21 +51,6 @@ PIXELS, LATENTS = "pixels", "latents"
 RECORD_FORMATS = (PIXELS, LATENTS)
 # Stored pixel images keep at most this aspect ratio (longer side / shorter side).
 MAX_STORED_ASPECT = 2.0
-
-# Keys of the flat training batch the reader yields. Pixel records give *_PIXELS,
-# latent records give *_LATENT_MEAN and *_LATENT_LOGVAR instead.
-INSTANCE_PIXELS = "instance_pixels"
-INSTANCE_LATENT_MEAN = "instance_latent_mean"
-INSTANCE_LATENT_LOGVAR = "instance_latent_logvar"
-INSTANCE_EMBEDDING = "instance_embedding"
-INSTANCE_TOKEN_IDS = "instance_token_ids"
-CLASS_PIXELS = "class_pixels"
-CLASS_LATENT_MEAN = "class_latent_mean"
-CLASS_LATENT_LOGVAR = "class_latent_logvar"
-CLASS_EMBEDDING = "class_embedding"
-CLASS_TOKEN_IDS = "class_token_ids"
-# int32 position of each example within the global batch (0..G-1); keys per-example randomness.
-EXAMPLE_POSITION = "position"
 
 
 @dataclasses.dataclass(frozen=True)

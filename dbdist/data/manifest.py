@@ -11,6 +11,7 @@ import os
 
 import tensorflow as tf
 
+from dbdist.config import LEGACY_PAD_TOKEN_ID
 from dbdist.data import features, writer
 from dbdist.errors import MissingInputError, UserError
 
@@ -43,6 +44,10 @@ class Manifest:
     resolution: int                 # side of the square training crops, in pixels
     embedding_shape: tuple          # (max_length, width) of each text embedding
     max_length: int                 # length of token_ids (== embedding_shape[0])
+    # The id the prompts' token_ids were padded with (the text encoder's own tokenizer's); the
+    # stored embeddings were encoded from those ids. A manifest without it was padded with
+    # LEGACY_PAD_TOKEN_ID, whatever the preset.
+    pad_token_id: int = LEGACY_PAD_TOKEN_ID
     record_format: str = features.PIXELS  # "pixels" or "latents" (cached VAE posteriors)
     latent_shape: tuple = ()        # (h, w, channels) of cached latents
     flipped_latents: bool = False   # cached latents include the mirrored crop's (made with --random_flip)
@@ -151,6 +156,7 @@ def read_manifest(data_dir):
     if fields.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: format_version {fields.get('format_version')!r} is not supported; "
                          f"this dbdist reads version {FORMAT_VERSION}: {REBUILD}")
+    fields.setdefault("pad_token_id", LEGACY_PAD_TOKEN_ID)  # made before pad ids were recorded
     known = [f.name for f in dataclasses.fields(Manifest)]
     missing = sorted(set(known) - set(fields))
     if missing:
@@ -169,12 +175,18 @@ def read_manifest(data_dir):
     return manifest
 
 
-def check_compatible(manifest, *, preset, resolution, embedding_shape, data_dir=None):
-    """Raises ValueError if the data was made for another preset, resolution or text encoder."""
+def check_compatible(manifest, *, preset, resolution, embedding_shape, pad_token_id, data_dir=None):
+    """Raises UserError if the data was made for another preset, resolution or text encoder, or
+    with prompts padded otherwise than the model's tokenizer pads them."""
     made = (manifest.preset, manifest.resolution, tuple(manifest.embedding_shape))
     wanted = (preset, int(resolution), tuple(int(d) for d in embedding_shape))
-    if made == wanted:
-        return
     where = f"data_dir {data_dir}" if data_dir else "the data"
-    raise UserError(f"{where} was made for preset '{made[0]}' at {made[1]} px with embeddings "
-                     f"{made[2]}; the model is '{wanted[0]}' at {wanted[1]} px with {wanted[2]}")
+    if made != wanted:
+        raise UserError(f"{where} was made for preset '{made[0]}' at {made[1]} px with embeddings "
+                         f"{made[2]}; the model is '{wanted[0]}' at {wanted[1]} px with {wanted[2]}")
+    if manifest.pad_token_id != pad_token_id:
+        # sd-v2 records made before its prompts were padded as OpenCLIP pads (with 0) hold
+        # embeddings of end-token padding: training on them would condition on other embeddings
+        # than the ones generate feeds the model.
+        raise UserError(f"{where} holds prompts padded with token id {manifest.pad_token_id} and their embeddings; "
+                         f"the '{preset}' text encoder's tokenizer pads with {pad_token_id}: {REBUILD}")

@@ -20,7 +20,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from dbdist.data import augment, features
+from dbdist.data import augment, example_noise, features
 from dbdist.errors import UserError
 from dbdist.data.prompt_table import PromptTable
 
@@ -186,7 +186,8 @@ def _class_indices(class_positions, concept, class_layout, seed):
 
 
 def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_batch=None,
-                       replica_id=0, local_replicas=1, start_step=0, augmentation=augment.Augmentation()):
+                       replica_id=0, local_replicas=1, start_step=0, augmentation=augment.Augmentation(),
+                       noise: example_noise.NoiseSpec = None):
     """Infinite dataset of the per-replica batches of replicas [replica_id, replica_id + local_replicas).
 
     Element k of the dataset is replica `replica_id + k % local_replicas`'s share of
@@ -196,6 +197,9 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
     Keys: INSTANCE_PIXELS (pixel records) or INSTANCE_LATENT_MEAN/LOGVAR (latent
     records), INSTANCE_EMBEDDING/TOKEN_IDS, the CLASS_* ones when the manifest has
     class data, and EXAMPLE_POSITION (the example's position within the global batch).
+    With `noise` (a `NoiseSpec`), each example also gets its own randomness, keyed by
+    (seed, the dataset's step, its position, its stream): INSTANCE_VAE_NOISE,
+    INSTANCE_NOISE, INSTANCE_TIMESTEP and the CLASS_* ones (dbdist/data/example_noise.py).
     """
     batch = int(per_replica_batch)
     global_batch = batch if global_batch is None else int(global_batch)
@@ -264,6 +268,9 @@ def make_train_dataset(data_dir, manifest, *, per_replica_batch, seed, global_ba
                 out[keys["mean"]], out[keys["logvar"]] = augment.pick_latents(example, augmentation, **where)
             out[keys["embedding"]] = tf.gather(embeddings, example["prompt_id"])
             out[keys["token_ids"]] = tf.gather(token_ids, example["prompt_id"])
+            if noise is not None:
+                for name, value in example_noise.draw(noise, **where).items():
+                    out[example_noise.BATCH_KEYS[kind][name]] = value
         return out
 
     dataset = tf.data.Dataset.counter(start=start_step, dtype=tf.int64).map(pick_records).unbatch()

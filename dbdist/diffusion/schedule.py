@@ -45,6 +45,11 @@ class NoiseSchedule:
         signal, sigma = self._coefficients(timesteps, x0)
         return signal * x0 + sigma * noise
 
+    def snr(self, timesteps):
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) of each timestep, float32 (B,)."""
+        alpha_bar = ops.take(ops.convert_to_tensor(self.alphas_cumprod), ops.cast(timesteps, "int32"))
+        return alpha_bar / (1.0 - alpha_bar)
+
     def training_target(self, x0, noise, timesteps):
         """What the UNet should output: the noise, or v = sqrt(ab) noise - sqrt(1-ab) x_0."""
         if self.config.prediction_type == "epsilon":

@@ -24,19 +24,20 @@ class StableDiffusionModels:
 NETWORKS = ("unet", "vae_encoder", "vae_decoder", "text_encoder")
 
 
-def build_models(config: ModelConfig, networks=NETWORKS, seed=0):
+def build_models(config: ModelConfig, networks=NETWORKS, seed=0, gradient_checkpointing=False):
     """Builds the named networks with random weights drawn from `seed`.
 
     Each network draws from its own seed, so the text encoder that
     make_tfrecords builds is the same as the one generate builds, whichever
     other networks each job asks for (the `tiny` preset uses these weights;
-    real presets load theirs over them).
+    real presets load theirs over them). `gradient_checkpointing` rematerialises the
+    UNet's blocks in the backward pass (see build_unet).
     """
     unknown = set(networks) - set(NETWORKS)
     if unknown:
         raise ValueError(f"unknown networks {sorted(unknown)}; expected some of {NETWORKS}")
     builders = {
-        "unet": lambda: build_unet(config.unet),
+        "unet": lambda: build_unet(config.unet, gradient_checkpointing=gradient_checkpointing),
         "vae_encoder": lambda: build_vae_encoder(config.vae),
         "vae_decoder": lambda: build_vae_decoder(config.vae),
         "text_encoder": lambda: build_text_encoder(config.text_encoder),

@@ -24,7 +24,12 @@ def tanh_gelu(x):
     return ops.gelu(x, approximate=True)
 
 
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": tanh_gelu}
+def erf_gelu(x):
+    # OpenCLIP's nn.GELU() and transformers' "gelu": what SD 2.x's text encoder was trained with.
+    return ops.gelu(x, approximate=False)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": tanh_gelu, "gelu_erf": erf_gelu}
 
 
 class TokenAndPositionEmbedding(CompositeLayer):

@@ -8,6 +8,8 @@ its exports load into keras-cv.
 Inputs (named as keras-cv's): `latent` (B, h, w, 4), `timestep_embedding`
 (B, block_channels[0]) from `dbdist.diffusion.timestep_embedding`, and
 `context` (B, 77, context_dim). Output: the predicted noise, like `latent`.
+`gradient_checkpointing=True` rematerialises each ResBlock and SpatialTransformer in the
+backward pass (keras.RematScope): activations are kept at block boundaries only.
 """
 
 import keras
@@ -28,21 +30,25 @@ def _check(config: UNetConfig):
             raise ValueError(f"UNet level with {channels} channels cannot split into {heads} attention heads")
         if channels % config.norm_groups:
             raise ValueError(f"UNet level with {channels} channels is not divisible into {config.norm_groups} norm groups")
+    if config.geglu_activation not in ("gelu", "gelu_erf"):
+        raise ValueError(f"geglu_activation must be gelu (tanh form) or gelu_erf, got {config.geglu_activation!r}")
 
 
-def build_unet(config: UNetConfig, latent_size=None, context_length=77, name="unet"):
+def build_unet(config: UNetConfig, latent_size=None, context_length=77, name="unet", gradient_checkpointing=False):
     _check(config)
     channels, heads = config.block_channels, config.attention_heads
     time_dim = config.time_embedding_dim
     groups = config.norm_groups
 
     def res_block(ch, x, t):
-        return ResBlock(ch, norm_groups=groups)([x, t])
+        return ResBlock(ch, norm_groups=groups, gradient_checkpointing=gradient_checkpointing)([x, t])
 
     def transformer(level, x, ctx):
         head_size = channels[level] // heads[level]
         return SpatialTransformer(
-            heads[level], head_size, linear_projection=config.linear_projection, norm_groups=groups
+            heads[level], head_size, linear_projection=config.linear_projection, norm_groups=groups,
+            norm_epsilon=config.transformer_norm_epsilon, gelu_approximate=config.geglu_activation == "gelu",
+            gradient_checkpointing=gradient_checkpointing,
         )([x, ctx])
 
     # Input creation order matters: it fixes the model's layer order.

@@ -12,8 +12,8 @@ from dbdist.models.attention import attend
 from dbdist.models.composite_layer import CompositeLayer
 
 
-def _group_norm(groups):
-    return keras.layers.GroupNormalization(groups=groups, epsilon=1e-5)
+def _group_norm(groups, epsilon=1e-5):
+    return keras.layers.GroupNormalization(groups=groups, epsilon=epsilon)
 
 
 class ResBlock(CompositeLayer):
@@ -78,20 +78,22 @@ class CrossAttention(CompositeLayer):
 class GEGLU(CompositeLayer):
     """Gated GELU feed-forward input: x * gelu(gate), one Dense for both halves.
 
-    keras-cv (and so its weights' reference outputs) uses GELU's tanh form.
+    keras-cv (and so its weights' reference outputs) uses GELU's tanh form; SD's own
+    code and diffusers the exact one (`approximate=False`, for weights imported from them).
     """
 
-    def __init__(self, output_dim, **kwargs):
+    def __init__(self, output_dim, approximate=True, **kwargs):
         super().__init__(**kwargs)
         self.output_dim = output_dim
+        self.approximate = approximate
         self.dense = keras.layers.Dense(output_dim * 2)
 
     def call(self, x):
         x, gate = ops.split(self.dense(x), 2, axis=-1)
-        return x * ops.gelu(gate, approximate=True)
+        return x * ops.gelu(gate, approximate=self.approximate)
 
     def get_config(self):
-        return {**super().get_config(), "output_dim": self.output_dim}
+        return {**super().get_config(), "output_dim": self.output_dim, "approximate": self.approximate}
 
 
 class TransformerBlock(CompositeLayer):
@@ -100,17 +102,18 @@ class TransformerBlock(CompositeLayer):
     Weight order: norm1, attn1, norm2, attn2, norm3, geglu, dense.
     """
 
-    def __init__(self, num_heads, head_size, **kwargs):
+    def __init__(self, num_heads, head_size, gelu_approximate=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.head_size = head_size
+        self.gelu_approximate = gelu_approximate
         width = num_heads * head_size
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5)
         self.attn1 = CrossAttention(num_heads, head_size)
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5)
         self.attn2 = CrossAttention(num_heads, head_size)
         self.norm3 = keras.layers.LayerNormalization(epsilon=1e-5)
-        self.geglu = GEGLU(width * 4)
+        self.geglu = GEGLU(width * 4, approximate=gelu_approximate)
         self.dense = keras.layers.Dense(width)
 
     def call(self, inputs):
@@ -120,7 +123,8 @@ class TransformerBlock(CompositeLayer):
         return self.dense(self.geglu(self.norm3(x))) + x
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "head_size": self.head_size}
+        return {**super().get_config(), "num_heads": self.num_heads, "head_size": self.head_size,
+                "gelu_approximate": self.gelu_approximate}
 
 
 class SpatialTransformer(CompositeLayer):
@@ -131,20 +135,23 @@ class SpatialTransformer(CompositeLayer):
     Weight order: norm, proj_in, transformer_block, proj_out.
     """
 
-    def __init__(self, num_heads, head_size, linear_projection=False, norm_groups=32, **kwargs):
+    def __init__(self, num_heads, head_size, linear_projection=False, norm_groups=32, norm_epsilon=1e-5,
+                 gelu_approximate=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.head_size = head_size
         self.linear_projection = linear_projection
         self.norm_groups = norm_groups
+        self.norm_epsilon = norm_epsilon
+        self.gelu_approximate = gelu_approximate
         width = num_heads * head_size
 
         def projection():
             return keras.layers.Dense(width) if linear_projection else keras.layers.Conv2D(width, 1)
 
-        self.norm = _group_norm(norm_groups)
+        self.norm = _group_norm(norm_groups, norm_epsilon)
         self.proj_in = projection()
-        self.transformer_block = TransformerBlock(num_heads, head_size)
+        self.transformer_block = TransformerBlock(num_heads, head_size, gelu_approximate=gelu_approximate)
         self.proj_out = projection()
 
     def call(self, inputs):
@@ -164,6 +171,8 @@ class SpatialTransformer(CompositeLayer):
             "head_size": self.head_size,
             "linear_projection": self.linear_projection,
             "norm_groups": self.norm_groups,
+            "norm_epsilon": self.norm_epsilon,
+            "gelu_approximate": self.gelu_approximate,
         }
 
 

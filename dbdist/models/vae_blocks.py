@@ -13,13 +13,14 @@ class VAEResBlock(CompositeLayer):
     Weight order: norm1, conv1, norm2, conv2, [shortcut].
     """
 
-    def __init__(self, channels, norm_groups=32, **kwargs):
+    def __init__(self, channels, norm_groups=32, norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.norm_groups = norm_groups
-        self.norm1 = keras.layers.GroupNormalization(groups=norm_groups, epsilon=1e-5)
+        self.norm_epsilon = norm_epsilon
+        self.norm1 = keras.layers.GroupNormalization(groups=norm_groups, epsilon=norm_epsilon)
         self.conv1 = keras.layers.Conv2D(channels, 3, padding="same")
-        self.norm2 = keras.layers.GroupNormalization(groups=norm_groups, epsilon=1e-5)
+        self.norm2 = keras.layers.GroupNormalization(groups=norm_groups, epsilon=norm_epsilon)
         self.conv2 = keras.layers.Conv2D(channels, 3, padding="same")
         self.shortcut = None
 
@@ -33,7 +34,8 @@ class VAEResBlock(CompositeLayer):
         return h + (x if self.shortcut is None else self.shortcut(x))
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "norm_groups": self.norm_groups}
+        return {**super().get_config(), "channels": self.channels, "norm_groups": self.norm_groups,
+                "norm_epsilon": self.norm_epsilon}
 
 
 class VAEAttention(CompositeLayer):
@@ -42,11 +44,12 @@ class VAEAttention(CompositeLayer):
     Weight order: norm, q, k, v, proj_out (all 1x1 convolutions).
     """
 
-    def __init__(self, channels, norm_groups=32, **kwargs):
+    def __init__(self, channels, norm_groups=32, norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.norm_groups = norm_groups
-        self.norm = keras.layers.GroupNormalization(groups=norm_groups, epsilon=1e-5)
+        self.norm_epsilon = norm_epsilon
+        self.norm = keras.layers.GroupNormalization(groups=norm_groups, epsilon=norm_epsilon)
         self.q = keras.layers.Conv2D(channels, 1)
         self.k = keras.layers.Conv2D(channels, 1)
         self.v = keras.layers.Conv2D(channels, 1)
@@ -64,4 +67,5 @@ class VAEAttention(CompositeLayer):
         return self.proj_out(out) + x
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "norm_groups": self.norm_groups}
+        return {**super().get_config(), "channels": self.channels, "norm_groups": self.norm_groups,
+                "norm_epsilon": self.norm_epsilon}

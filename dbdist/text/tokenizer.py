@@ -65,7 +65,7 @@ def clean_text(text):
     return _WHITESPACE.sub(" ", text).strip().lower()
 
 
-def _byte_alphabet():
+def byte_alphabet():
     """Maps each byte 0..255 to a printable character, so BPE sees no raw bytes.
 
     Bytes that already print as a visible Latin-1 character map to themselves;
@@ -83,20 +83,42 @@ def _byte_alphabet():
 
 
 class ClipTokenizer:
-    """Encodes prompts to CLIP token ids (vocabulary 49408, start 49406, end 49407)."""
+    """Encodes prompts to CLIP token ids (vocabulary 49408, start 49406, end 49407).
 
-    def __init__(self, vocab_path):
-        self._byte_char = _byte_alphabet()
-        merges = _read_merges(vocab_path)
-        alphabet = list(self._byte_char.values())
-        vocab = alphabet + [c + END_OF_WORD for c in alphabet]
-        vocab += ["".join(pair) for pair in merges] + [START_TEXT, END_TEXT]
-        # Later duplicates win, as in CLIP's dict(zip(vocab, range(...))).
-        self._ids = {piece: i for i, piece in enumerate(vocab)}
+    Built from the gzipped BPE file (`ClipTokenizer(vocab_path)`) or from a
+    tokenizer folder's `vocab.json` + `merges.txt` (`ClipTokenizer.from_merges`,
+    see dbdist/formats/tokenizer_files.py): the same merges give the same ids.
+    Prompts are padded with `pad_token` (default: the end token, as keras-cv pads).
+    """
+
+    def __init__(self, vocab_path, pad_token=None):
+        self._setup(read_merges(vocab_path), ids=None, pad_token=pad_token)
+
+    @classmethod
+    def from_merges(cls, merges, ids=None, pad_token=None):
+        """A tokenizer from merge pairs in rank order and, optionally, a vocab.json {piece: id}.
+
+        Without `ids`, ids follow CLIP's construction: the 256 byte characters, their
+        end-of-word forms, one per merge, then the start and end tokens.
+        """
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(list(merges), ids, pad_token)
+        return tokenizer
+
+    def _setup(self, merges, ids, pad_token):
+        self._byte_char = byte_alphabet()
+        if ids is None:
+            alphabet = list(self._byte_char.values())
+            vocab = alphabet + [c + END_OF_WORD for c in alphabet]
+            vocab += ["".join(pair) for pair in merges] + [START_TEXT, END_TEXT]
+            # Later duplicates win, as in CLIP's dict(zip(vocab, range(...))).
+            ids = {piece: i for i, piece in enumerate(vocab)}
+        self._ids = dict(ids)
         self._rank = {pair: i for i, pair in enumerate(merges)}
         # Prompts reuse few words, so memoise each word's BPE split (CLIP does too).
         # Specials are pre-seeded: they must not gain an end-of-word marker.
         self._cache = {START_TEXT: (START_TEXT,), END_TEXT: (END_TEXT,)}
+        self.pad_token = self.end_token if pad_token is None else int(pad_token)
 
     @property
     def start_token(self):
@@ -142,22 +164,25 @@ class ClipTokenizer:
         ids.append(self.end_token)
         return ids
 
-    def tokenize(self, prompt, max_length=77):
-        """Encodes and pads with the end token to (max_length,) int32, as keras-cv's
-        StableDiffusion.encode_text does; raises PromptTooLongError instead of cutting,
-        since a silently truncated prompt trains on a caption nobody wrote."""
+    def tokenize(self, prompt, max_length=77, pad_token_id=None):
+        """Encodes and pads to (max_length,) int32 with `pad_token_id`: the model's own tokenizer's
+        (TextEncoderConfig.pad_token_id: SD 1.x's CLIP pads with the end token, as keras-cv's
+        StableDiffusion.encode_text does; SD 2.x's OpenCLIP with 0). None: this tokenizer's own
+        `pad_token` (the end token unless a tokenizer folder says otherwise).
+        Raises PromptTooLongError instead of cutting, since a silently truncated prompt trains
+        on a caption nobody wrote."""
         ids = self.encode(prompt)
         if len(ids) > max_length:
             raise PromptTooLongError(prompt, len(ids), max_length)
-        padded = np.full((max_length,), self.end_token, dtype=np.int32)
+        padded = np.full((max_length,), self.pad_token if pad_token_id is None else pad_token_id, dtype=np.int32)
         padded[:len(ids)] = ids
         return padded
 
-    def tokenize_batch(self, prompts, max_length=77):
+    def tokenize_batch(self, prompts, max_length=77, pad_token_id=None):
         """Tokenizes each prompt; returns int32 (len(prompts), max_length)."""
         out = np.empty((len(prompts), max_length), dtype=np.int32)
         for row, prompt in enumerate(prompts):
-            out[row] = self.tokenize(prompt, max_length)
+            out[row] = self.tokenize(prompt, max_length, pad_token_id)
         return out
 
 
@@ -167,23 +192,31 @@ def _missing(path):
         f"vocabulary {VOCAB_FILENAME} (pass --vocab_path).")
 
 
-def _read_merges(path):
+def read_merges(path):
     """Reads the merge pairs from a gzipped CLIP BPE file, or raises ValueError."""
     if not os.path.isfile(path):
         raise _missing(path)
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
+            text = f.read()
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise ValueError(
             f"{path} is not a readable gzip text file ({e}); expected the CLIP BPE "
             f"vocabulary {VOCAB_FILENAME}.") from e
-    # Line 0 is a "#version" header; each following line is "left right".
-    merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
+    return parse_merges(text, path)
+
+
+def parse_merges(text, path):
+    """Merge pairs of a CLIP BPE merges text (the gz file's, or a tokenizer folder's merges.txt).
+
+    Line 0 is a "#version" header; each following line is "left right". CLIP and
+    transformers' CLIPTokenizer both keep the first NUM_MERGES of them.
+    """
+    merges = [tuple(line.split()) for line in text.split("\n")[1:NUM_MERGES + 1]]
     if len(merges) < NUM_MERGES or any(len(m) != 2 for m in merges):
         raise ValueError(
             f"{path} is not a CLIP BPE merges file: expected a header line and at least "
-            f"{NUM_MERGES} lines of two symbols each ({VOCAB_FILENAME}).")
+            f"{NUM_MERGES} lines of two symbols each ({VOCAB_FILENAME} or a tokenizer's merges.txt).")
     return merges
 
 

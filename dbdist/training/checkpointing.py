@@ -12,6 +12,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from dbdist.config import ENGINE_BACKENDS, ENGINE_NAMES, LEGACY_PAD_TOKEN_ID
 from dbdist.errors import UserError
 from dbdist.training.strategy import worker_scratch_dir
 
@@ -24,8 +25,45 @@ _MUST_MATCH = (
     ("train", "seed"),
     ("train", "train_text_encoder"),
     ("train", "prior_loss_weight"),
+    ("train", "noise_offset"),
+    ("train", "snr_gamma"),
+    ("train", "lora_rank"),
+    ("train", "lora_alpha"),
+    ("train", "lora_text_encoder"),
     ("runtime", "mixed_precision"),
 )
+# Settings added since runs were first recorded: a config.json without one ran with this value.
+_ABSENT_MEANS = {
+    ("train", "noise_offset"): 0.0,
+    ("train", "snr_gamma"): None,
+    ("model", "text_encoder", "pad_token_id"): LEGACY_PAD_TOKEN_ID,
+    ("train", "lora_rank"): None,
+    ("train", "lora_alpha"): None,
+    ("train", "lora_text_encoder"): False,
+}
+
+
+def _setting(config: dict, path):
+    """The value at `path` of a config.json dict; a setting it predates reads as its value then."""
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return _ABSENT_MEANS.get(path)
+        config = config[key]
+    return config
+
+
+def _model_differences(saved: dict, new: dict, path=("model",)):
+    """'model.a.b: old in the checkpoint, new now' for each model setting that differs."""
+    differences = []
+    for key in sorted(set(saved) | set(new)):
+        where = path + (key,)
+        old = saved[key] if key in saved else _ABSENT_MEANS.get(where)
+        now = new[key] if key in new else _ABSENT_MEANS.get(where)
+        if isinstance(old, dict) and isinstance(now, dict):
+            differences += _model_differences(old, now, where)
+        elif old != now:
+            differences.append(f"{'.'.join(where)}: {old!r} in the checkpoint, {now!r} now")
+    return differences
 
 
 def check_resume_compatible(saved_config_path, new_config: dict):
@@ -34,19 +72,34 @@ def check_resume_compatible(saved_config_path, new_config: dict):
         saved = json.load(f)
     differences = []
     for path in _MUST_MATCH:
-        old, new = saved, new_config
-        for key in path:
-            old, new = old.get(key) if isinstance(old, dict) else None, new.get(key)
-        if old != new:
-            name = ".".join(path)
-            if path == ("model",):
-                old = f"preset {saved['model']['preset']} at {saved['model']['resolution']} px"
-                new = f"preset {new_config['model']['preset']} at {new_config['model']['resolution']} px"
-            differences.append(f"{name}: {old!r} in the checkpoint, {new!r} now")
+        old, new = _setting(saved, path), _setting(new_config, path)
+        if path == ("model",) and old.get("preset") != new.get("preset"):
+            differences.append(f"model.preset: {old.get('preset')!r} in the checkpoint, {new.get('preset')!r} now")
+        elif path == ("model",):
+            differences += _model_differences(old, new)
+        elif old != new:
+            differences.append(f"{'.'.join(path)}: {old!r} in the checkpoint, {new!r} now")
     if differences:
         raise UserError(
             f"cannot resume {os.path.dirname(saved_config_path)}: " + "; ".join(differences)
             + ". Use a new --output_dir, or the settings it was started with."
+        )
+
+
+def check_same_engine(saved_config_path, engine):
+    """Raises UserError naming both engines if the run in this folder was trained by the other one.
+
+    Each engine reads only its own checkpoints (tf.train's files, orbax's step folders), so a
+    run resumed under the other engine would otherwise start again from step 0 beside them.
+    Runs saved before there were two engines were trained by the TF engine.
+    """
+    with tf.io.gfile.GFile(saved_config_path) as f:
+        saved = json.load(f).get("runtime", {}).get("engine", "tf")
+    if saved != engine:
+        raise UserError(
+            f"cannot resume {os.path.dirname(saved_config_path)}: it was trained by the {ENGINE_NAMES.get(saved, saved)} "
+            f"(KERAS_BACKEND={ENGINE_BACKENDS.get(saved, saved)}), this run uses the {ENGINE_NAMES[engine]}; their checkpoints "
+            f"differ. Resume with --engine={saved}, or use a new --output_dir."
         )
 
 

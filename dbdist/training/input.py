@@ -15,8 +15,12 @@ def per_replica_batch_size(global_batch, num_replicas):
     return global_batch // num_replicas
 
 
-def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, start_step=0, augmentation=None):
-    """A distributed dataset whose replica r gets global-batch positions [r*B, (r+1)*B) each step."""
+def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, start_step=0, augmentation=None,
+                        noise=None):
+    """A distributed dataset whose replica r gets global-batch positions [r*B, (r+1)*B) each step.
+
+    `noise` (a `NoiseSpec`): each example's randomness, drawn in the pipeline (dbdist/data/example_noise.py).
+    """
     replicas = strategy.num_replicas_in_sync
     batch = per_replica_batch_size(global_batch, replicas)
 
@@ -34,6 +38,7 @@ def distributed_dataset(strategy, data_dir, manifest, *, global_batch, seed, sta
             replica_id=context.input_pipeline_id * local,
             local_replicas=local,
             start_step=start_step,
+            noise=noise,
             **({"augmentation": augmentation} if augmentation else {}),
         )
         return dataset.prefetch(2 * local)

@@ -29,7 +29,7 @@ def make_train_loop(strategy, state, settings, *, max_grad_norm, grad_accum_step
         compute = tf.function(compute, jit_compile=True)
 
     def replica_fn(*batches):
-        return replica_train_step(state, list(batches), settings, max_grad_norm, compute)
+        return replica_train_step(state, list(batches), max_grad_norm, compute)
 
     def reduced(per_replica, name):
         value = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[name], axis=None)

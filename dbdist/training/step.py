@@ -1,7 +1,7 @@
 """One optimisation step on one replica; the engine runs it under `strategy.run`.
 
 Order, each fixed by correctness:
-1. loss on this replica's examples, divided by the GLOBAL batch (loss.py), and
+1. loss on this replica's examples, divided by the GLOBAL batch (dbdist/diffusion/dreambooth_loss.py), and
    its gradients, made dense, summed over `grad_accum_steps` micro-batches on the replica;
 2. gradients summed over replicas, once;
 3. fp16: unscale, and decide overflow from the summed gradients (same on all);
@@ -13,7 +13,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from dbdist.training.loss import LossSettings, draw_randomness, dreambooth_loss
+from dbdist.diffusion.dreambooth_loss import LossSettings, dreambooth_loss
 
 
 @dataclasses.dataclass
@@ -40,12 +40,15 @@ class TrainState:
         return [v for variables, _ in self.variable_groups() for v in variables]
 
 
-def micro_batch_gradients(state: TrainState, batch, randomness, settings: LossSettings = None):
-    """(gradients, metrics) of one micro-batch on this replica: no communication, so XLA can compile it."""
+def micro_batch_gradients(state: TrainState, batch, settings: LossSettings = None):
+    """(gradients, metrics) of one micro-batch on this replica: no communication, so XLA can compile it.
+
+    The batch carries its examples' noise and timesteps, drawn by the input pipeline.
+    """
     variables = state.trainable_variables()
     with tf.GradientTape() as tape:
         loss, terms = dreambooth_loss(
-            state.unet, state.vae_encoder, state.schedule, batch, randomness, settings, text_encoder=state.text_encoder
+            state.unet, state.vae_encoder, state.schedule, batch, settings, text_encoder=state.text_encoder
         )
         scaled = loss * state.loss_scale.scale if state.loss_scale is not None else loss
     # The token embedding's gradient arrives as tf.IndexedSlices, one row per token
@@ -55,19 +58,18 @@ def micro_batch_gradients(state: TrainState, batch, randomness, settings: LossSe
     return gradients, {"loss": loss, **terms}
 
 
-def replica_train_step(state: TrainState, batches, settings: LossSettings, max_grad_norm, compute):
+def replica_train_step(state: TrainState, batches, max_grad_norm, compute):
     """Returns this replica's metrics (loss terms already / global batch; sum them over replicas).
 
     `batches` is one batch per micro-step of gradient accumulation;
-    `compute(batch, randomness)` is `micro_batch_gradients` bound to the state and
-    settings, possibly XLA-compiled.
+    `compute(batch)` is `micro_batch_gradients` bound to the state and settings,
+    possibly XLA-compiled. Each micro-batch's randomness came with it from the input
+    pipeline, keyed by its own micro-step (step * accumulation + micro), so
+    accumulation keeps keys distinct.
     """
-    accum = len(batches)
     gradients, metrics = None, None
-    for micro, batch in enumerate(batches):
-        # Each micro-batch draws its noise as its own "step", so accumulation keeps keys distinct.
-        randomness = draw_randomness(batch, state.step * accum + micro, settings)
-        micro_gradients, micro_metrics = compute(batch, randomness)
+    for batch in batches:
+        micro_gradients, micro_metrics = compute(batch)
         if gradients is None:
             gradients, metrics = list(micro_gradients), dict(micro_metrics)
         else:

@@ -6,9 +6,10 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from dbdist.config import TF_STRATEGIES
 from dbdist.errors import UserError
 
-STRATEGIES = ("one_device", "mirrored", "multi_worker", "tpu")
+STRATEGIES = TF_STRATEGIES
 
 
 def split_cpu(num_devices):

@@ -31,6 +31,7 @@ import h5py
 import keras
 import numpy as np
 
+from dbdist.lora.adapters import ADAPTER_VARIABLE_NAMES
 from dbdist.weights import remote_files
 
 
@@ -39,8 +40,9 @@ def _layers_with_weights(model):
 
 
 def _ordered_weights(layer):
-    # Keras' legacy order, which keras-cv's files were written in.
-    return layer.trainable_weights + layer.non_trainable_weights
+    # Keras' legacy order, which keras-cv's files were written in. LoRA adapters are not part
+    # of the network's file: a merged network's kernels already hold them (dbdist/lora/).
+    return [w for w in layer.trainable_weights + layer.non_trainable_weights if w.name not in ADAPTER_VARIABLE_NAMES]
 
 
 def _decode(values):

@@ -93,6 +93,7 @@ def find_in_directory(weights_dir, network, preset):
     raise FileNotFoundError(
         f"--weights directory {weights_dir} has no {preset} {network} weights; expected one of {', '.join(names)}"
         + (f"; it has {', '.join(others)}" if others else "")
+        + "; nor is it a diffusers folder (no model_index.json) or a .safetensors file"
     )
 
 

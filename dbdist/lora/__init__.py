@@ -1,0 +1,1 @@
+"""LoRA DreamBooth: adapters on the attention projections (engine-free), and their files."""
