@@ -39,9 +39,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("vae_photos", 2000, "World photos the VAE trains on.")
 flags.DEFINE_integer("vae_steps", 3000, "VAE optimisation steps (batch 16 of 32x32 crops).")
 flags.DEFINE_integer("world_photos", 3000, "Captioned world photos the text encoder and UNet train on.")
-flags.DEFINE_integer("train_steps", 1200, "dbdist.train steps (text encoder + UNet).")
+flags.DEFINE_integer("train_steps", 5000, "dbdist.train steps (text encoder + UNet).")
 flags.DEFINE_integer("train_batch_size", 32, "dbdist.train --global_batch_size.")
 flags.DEFINE_float("train_learning_rate", 1e-3, "dbdist.train learning rate of the UNet and the text encoder.")
+flags.DEFINE_float("train_snr_gamma", 5.0, "dbdist.train --snr_gamma: min-SNR loss weighting, which Hang et al. "
+                   "(2023, arXiv:2303.09556) measured to converge about 3x faster than the plain loss.")
 flags.DEFINE_bool("install", False, "Copy the trained weights into the package (dbdist/toy/weights/).")
 
 _NAMES = {"unet": "unet.h5", "text_encoder": "text_encoder.h5", "vae_encoder": "vae_encoder.h5",
@@ -107,7 +109,7 @@ def main(argv):
          train_text_encoder=True, max_train_steps=FLAGS.train_steps, global_batch_size=FLAGS.train_batch_size,
          learning_rate=FLAGS.train_learning_rate, text_encoder_learning_rate=FLAGS.train_learning_rate,
          lr_schedule="cosine", lr_warmup_steps=min(100, FLAGS.train_steps // 10), weight_decay=0.0,
-         log_every=25, checkpoint_every=250, seed=seed)
+         snr_gamma=FLAGS.train_snr_gamma, jit_compile=True, log_every=50, checkpoint_every=500, seed=seed)
     _timed("text encoder + UNet", started)
 
     # Stage 5: the four files, side by side.
