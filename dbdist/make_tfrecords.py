@@ -34,11 +34,11 @@ from dbdist.weights.fingerprint import encoding_networks, fingerprints_of
 from dbdist.weights.pretrained import load_networks
 
 # --help lists the shared flags (dbdist/common_flags.py) this command reads, not only its own.
-for _shared_flag in ("model", "resolution", "weights", "vocab_path", "output_dir", "seed", "random_flip", "strategy", "num_cpu_devices", "tpu"):
+for _shared_flag in ("model", "resolution", "weights", "vocab_path", "output_dir", "seed", "random_flip", "strategy", "num_cpu_devices", "tpu",
+                     "instance_dir"):
     flags.declare_key_flag(_shared_flag)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("instance_dir", None, "Folder of the subject's photos (jpg/png/webp/bmp, optional .txt captions), local or gs://.")
 flags.DEFINE_string("instance_prompt", None, 'Prompt naming the subject, e.g. "a photo of sks dog".')
 flags.DEFINE_string("class_dir", "", "Folder of class images for prior preservation; empty trains on instance images only.")
 flags.DEFINE_string("class_prompt", "", 'Prompt of the class, e.g. "a photo of dog"; required with --class_dir.')
