@@ -24,9 +24,9 @@ SAMPLING_FLAGS = {"run_dir", "num_images", "num_steps", "guidance_scale", "negat
 # Each command and the shared flags it reads.
 SHARED_FLAGS = [
     (train, MODEL_FLAGS | STRATEGY_FLAGS | {"data_dir", "unet_weights", "random_flip"}),
-    (make_tfrecords, MODEL_FLAGS | STRATEGY_FLAGS | {"random_flip"}),
+    (make_tfrecords, MODEL_FLAGS | STRATEGY_FLAGS | {"random_flip", "instance_dir"}),
     (generate, MODEL_FLAGS | {"unet_weights"} | SAMPLING_FLAGS),
-    (evaluate, {"model", "weights", "vocab_path", "output_dir", "seed"} | SAMPLING_FLAGS),
+    (evaluate, {"model", "weights", "vocab_path", "output_dir", "seed", "instance_dir"} | SAMPLING_FLAGS),
     (demo, {"output_dir", "vocab_path", "weights"}),
     (records_inspect, {"data_dir"}),
     (records_verify, {"data_dir"}),
