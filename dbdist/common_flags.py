@@ -23,9 +23,6 @@ PREDICTION_TYPE = flags.DEFINE_enum(
     "folder's scheduler/scheduler_config.json says, or for a single .safetensors what diffusers infers (SD 2.x: "
     "v_prediction at 768 px), else the preset's (epsilon).")
 SEED = flags.DEFINE_integer("seed", 0, "Random seed: data order, training noise, sampling noise (not tiny's weights, which are fixed).")
-# Shared: make_tfrecords reads the photos into records; evaluate --judge=paper compares drawn images with them.
-INSTANCE_DIR = flags.DEFINE_string("instance_dir", None, "Folder of the subject's photos (jpg/png/webp/bmp, optional "
-                                   ".txt captions), local or gs://.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Records made by `python -m dbdist.make_tfrecords` (local or gs://).")
 OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where this command writes its results (local or gs://).")
 VOCAB_PATH = flags.DEFINE_string(

@@ -22,7 +22,7 @@ import os
 import tensorflow as tf
 from absl import flags, logging
 
-from dbdist import common_flags, errors, sampling_flags
+from dbdist import common_flags, errors, instance_flags, sampling_flags  # noqa: F401 (instance_flags: --instance_dir)
 from dbdist.config import model_config
 from dbdist.data import images
 from dbdist.data.manifest import read_manifest

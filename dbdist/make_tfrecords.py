@@ -19,7 +19,7 @@ from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level wh
 from absl import app, flags, logging
 
 import dbdist
-from dbdist import common_flags, errors
+from dbdist import common_flags, errors, instance_flags  # noqa: F401 (--instance_dir)
 from dbdist.config import DataConfig, OptimConfig, RunConfig, RuntimeConfig, TrainConfig
 from dbdist.data import concepts as concepts_lib
 from dbdist.data import features, writer
