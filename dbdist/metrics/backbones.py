@@ -3,7 +3,7 @@
 The DreamBooth paper (arXiv:2208.12242, Sec. 4.1) used DINO (v1) ViT-S/16 for its DINO score.
 keras-hub 0.32 ships no DINO v1 model, only DINOv2 and DINOv3: the default is DINOv2 ViT-S/14
 (`dinov2_small`), the same size of network trained by DINO's successor, so our DINO numbers are
-close to, not equal to, the paper's. The paper does not name its CLIP model here; the default is
+close to, not equal to, the paper's. As we read it, the paper does not name its CLIP variant; the default is
 CLIP ViT-B/32 (`clip_vit_base_patch32`). Both download from keras-hub on first use (then cached).
 A preset may also be a local directory written by `save_to_preset` (the tests' tiny random models).
 
