@@ -22,10 +22,11 @@ import os
 import tensorflow as tf
 from absl import flags, logging
 
-from dbdist import common_flags, errors, instance_flags, sampling_flags  # noqa: F401 (instance_flags: --instance_dir)
+from dbdist import common_flags, errors, instance_flags, run_dir, sampling_flags  # noqa: F401 (instance_flags: --instance_dir)
 from dbdist.config import model_config
 from dbdist.data import images
 from dbdist.data.manifest import read_manifest
+from dbdist.data.writer import write_bytes_atomically
 from dbdist.errors import MissingInputError, UserError
 from dbdist.metrics import backbones, paper_eval, subject_scores
 from dbdist.sampling import Sampler
@@ -50,22 +51,15 @@ flags.DEFINE_string("clip_preset", backbones.DEFAULT_CLIP_PRESET,
 
 
 
-def _read_run(run_dir):
-    """(preset, {network: exported file}, the run's config.json) of a dbdist.train output dir."""
-    config_path = os.path.join(run_dir, "config.json")
-    if not tf.io.gfile.exists(config_path):
-        raise MissingInputError(f"--run_dir {run_dir} has no config.json; expected a dbdist.train output dir")
-    with tf.io.gfile.GFile(config_path) as f:
-        run = json.load(f)
-    unet = os.path.join(run_dir, "export", "unet.h5")
-    if not tf.io.gfile.exists(unet):
-        raise MissingInputError(f"--run_dir {run_dir} has no export ({unet} is missing); expected a finished "
+def _read_run(path):
+    """(the run's config.json, its ModelConfig as trained, {network: exported file})."""
+    run = run_dir.read_config(path)
+    files = run_dir.exported_files(path)
+    if "unet" not in files:
+        unet = os.path.join(path, "export", "unet.h5")
+        raise MissingInputError(f"--run_dir {path} has no export ({unet} is missing); expected a finished "
                                 "dbdist.train run (training exports when it reaches --max_train_steps)")
-    files = {"unet": unet}
-    text_encoder = os.path.join(run_dir, "export", "text_encoder.h5")
-    if tf.io.gfile.exists(text_encoder):
-        files["text_encoder"] = text_encoder
-    return run["model"]["preset"], files, run
+    return run, run_dir.trained_model_config(run), files
 
 
 def _run_manifest(run):
@@ -103,12 +97,12 @@ def main(argv):
 
     common_flags.require("output_dir")
     if FLAGS.run_dir:
-        preset, files, run = _read_run(FLAGS.run_dir)
+        run, config, files = _read_run(FLAGS.run_dir)
         weights_dir = FLAGS.weights or run["runtime"]["weights"]
     else:
-        preset, files, run, weights_dir = FLAGS.model, {}, None, FLAGS.weights
+        run, config, files, weights_dir = None, model_config(FLAGS.model), {}, FLAGS.weights
+    preset = config.preset
     judge = _judge_for(preset, run)
-    config = model_config(preset)
     if run is None:  # the shipped toy base model: the demo's prompts
         instance_prompt, class_prompt = scores.DEMO_INSTANCE_PROMPT, scores.DEMO_CLASS_PROMPT
     else:
@@ -149,11 +143,8 @@ def main(argv):
     else:
         result = scores.score({key: toy_judge.judge_all(pictures) for key, pictures in drawn.items()}, class_prompt)
     report["metrics"] = result
-    tf.io.gfile.makedirs(FLAGS.output_dir)
     path = os.path.join(FLAGS.output_dir, "evaluation.json")
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        f.write(json.dumps(report, indent=2) + "\n")
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    write_bytes_atomically(path, (json.dumps(report, indent=2) + "\n").encode())
     print(format_table(result))
     logging.info("wrote %s", path)
 

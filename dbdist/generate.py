@@ -9,16 +9,13 @@ the same images; image i depends only on (seed, i), not on --batch_size.
 
 from dbdist import quiet  # noqa: F401 (first: TensorFlow reads its log level when imported)
 
-import dataclasses
-import json
 import math
 import os
 
 import tensorflow as tf
 from absl import flags, logging
 
-from dbdist import common_flags, errors, sampling_flags
-from dbdist.config import LEGACY_PAD_TOKEN_ID, model_config, with_resolution
+from dbdist import common_flags, errors, run_dir, sampling_flags
 from dbdist.data import images
 from dbdist.errors import MissingInputError, UserError
 from dbdist.gcs_paths import check_buckets
@@ -49,32 +46,19 @@ def _model_and_weights():
     if not FLAGS.run_dir:
         files = {"unet": FLAGS.unet_weights} if FLAGS.unet_weights else {}
         return common_flags.selected_model_config(), FLAGS.weights, files, None
-    config_path = os.path.join(FLAGS.run_dir, "config.json")
-    if not tf.io.gfile.exists(config_path):
-        raise MissingInputError(f"--run_dir {FLAGS.run_dir} has no config.json; expected a dbdist.train output dir")
-    with tf.io.gfile.GFile(config_path) as f:
-        run = json.load(f)
+    run = run_dir.read_config(FLAGS.run_dir)
     preset = run["model"]["preset"]
     if FLAGS["model"].present and FLAGS.model != preset:
         raise UserError(f"--model={FLAGS.model} but --run_dir {FLAGS.run_dir} was trained as {preset!r}")
-    model = with_resolution(model_config(preset), FLAGS.resolution or run["model"]["resolution"])
-    # Prompts padded as in training: a run from before pad ids were per preset padded with the end token.
-    pad = run["model"]["text_encoder"].get("pad_token_id", LEGACY_PAD_TOKEN_ID)
-    model = dataclasses.replace(model, text_encoder=dataclasses.replace(model.text_encoder, pad_token_id=pad))
-    # Sampled as trained: a run from an imported v-prediction model recorded it (older runs: epsilon).
-    prediction_type = run["model"].get("schedule", {}).get("prediction_type", "epsilon")
-    model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, prediction_type=prediction_type))
+    model = run_dir.trained_model_config(run, FLAGS.resolution)
     weights_dir = FLAGS.weights or run["runtime"]["weights"]
-    unet_path = os.path.join(FLAGS.run_dir, "export", "unet.h5")
-    if run["train"].get("lora_rank") and not tf.io.gfile.exists(unet_path):
-        # A LoRA run without --merge_lora: the base networks plus its adapters (see _lora_path).
-        return model, weights_dir, {}, run
-    if not tf.io.gfile.exists(unet_path):
+    files = run_dir.exported_files(FLAGS.run_dir)
+    if "unet" not in files:
+        if run["train"].get("lora_rank"):
+            # A LoRA run without --merge_lora: the base networks plus its adapters (see _lora_path).
+            return model, weights_dir, {}, run
+        unet_path = os.path.join(FLAGS.run_dir, "export", "unet.h5")
         raise MissingInputError(f"{unet_path} is missing; did training in {FLAGS.run_dir} finish?")
-    files = {"unet": unet_path}
-    text_encoder_path = os.path.join(FLAGS.run_dir, "export", "text_encoder.h5")
-    if tf.io.gfile.exists(text_encoder_path):  # trained with --train_text_encoder
-        files["text_encoder"] = text_encoder_path
     return model, weights_dir, files, run
 
 

@@ -187,11 +187,10 @@ def subject_photos(seed, count, backgrounds=None):
 def write_captioned_folder(directory, seed, count, drop=0.3):
     """world-NNNNN.png + world-NNNNN.txt (its caption) in `directory`, for make_tfrecords."""
     from dbdist.data import images
+    from dbdist.data.writer import write_bytes_atomically
 
     os.makedirs(directory, exist_ok=True)
     for i, (image, text, _) in enumerate(sample(seed, count, drop)):
         stem = os.path.join(directory, f"world-{i:05d}")
         images.save_png(image, stem + ".png")
-        with open(stem + ".txt.tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(stem + ".txt.tmp", stem + ".txt")
+        write_bytes_atomically(stem + ".txt", (text + "\n").encode())
