@@ -11,7 +11,7 @@ command-line flags.
 
 import dataclasses
 import json
-from typing import Optional
+from typing import Optional, Tuple
 
 from dbdist.errors import UserError
 
@@ -270,6 +270,12 @@ class TrainConfig:
     # Micro-batches whose gradients are summed before one optimizer step.
     grad_accum_steps: int = 1
     train_text_encoder: bool = False
+    # Pivotal tuning (textual inversion beside DreamBooth): only these words' rows of the text
+    # encoder's token embedding train, at text_encoder_learning_rate; the rest of the text encoder
+    # stays as it is. For an identifier the base model never learned. train.py resolves the words
+    # to `trained_token_ids` with the run's tokenizer (both are recorded in config.json).
+    train_token_embeddings: Tuple[str, ...] = ()
+    trained_token_ids: Tuple[int, ...] = ()
     # dtype of export/model.safetensors: fp16 | bf16 | fp32 (export/diffusers/ is fp32).
     export_dtype: str = "fp16"
     checkpoint_every: int = 100
@@ -291,8 +297,8 @@ class TrainConfig:
 
     @property
     def trains_text_encoder(self):
-        """The text encoder is trained: all of it, or its LoRA adapters."""
-        return self.train_text_encoder or self.lora_text_encoder
+        """The text encoder is trained: all of it, its LoRA adapters, or some of its token embeddings."""
+        return self.train_text_encoder or self.lora_text_encoder or bool(self.train_token_embeddings)
 
 
 # --strategy values of each engine (dbdist/training/strategy.py, dbdist/jax_engine/mesh.py).
@@ -369,6 +375,7 @@ class RunConfig:
         if t.validation_every and not t.validation_prompt:
             raise UserError("validation_every needs a validation_prompt")
         self._validate_lora()
+        self._validate_token_embeddings()
         if r.mixed_precision not in ("no", "bf16", "fp16"):
             raise UserError(f"mixed_precision must be no, bf16 or fp16, got {r.mixed_precision!r}")
         self._validate_engine()
@@ -388,6 +395,25 @@ class RunConfig:
                             "use bf16 (fp32 master weights) or no")
         if r.engine == "tf" and self.train.gradient_checkpointing:
             raise UserError("--gradient_checkpointing is supported by the JAX engine only (KERAS_BACKEND=jax or --engine=jax)")
+
+    def _validate_token_embeddings(self):
+        t = self.train
+        if not t.train_token_embeddings:
+            return
+        for other in ("train_text_encoder", "lora_text_encoder"):
+            if getattr(t, other):
+                raise UserError(f"train_token_embeddings ({','.join(t.train_token_embeddings)}) trains only those rows of "
+                                f"the text encoder's token embedding; {other} trains more of it: choose one")
+        if t.lora_rank is not None:
+            raise UserError(f"train_token_embeddings ({','.join(t.train_token_embeddings)}) with lora_rank: LoRA's files "
+                            "hold adapters, not token embeddings, so the trained rows would not be exported; use "
+                            "one of them")
+        if not t.trained_token_ids:
+            raise UserError(f"train_token_embeddings {t.train_token_embeddings}: no token ids were resolved")
+        vocab = self.model.text_encoder.vocab_size
+        bad = [i for i in t.trained_token_ids if not 0 <= i < vocab]
+        if bad:
+            raise UserError(f"trained_token_ids {bad} are outside the text encoder's vocabulary of {vocab}")
 
     def _validate_lora(self):
         t = self.train

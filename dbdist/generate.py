@@ -73,7 +73,7 @@ def _check_run_encoders(run, model, networks, weights_dir, files):
     """Refuses a text encoder / VAE other than the ones that made the run's records (e.g. another --weights)."""
     recorded = dict(run["data"].get("encoder_fingerprints") or {})
     if "text_encoder" in files:
-        recorded.pop("text_encoder", None)  # trained with --train_text_encoder: its own export is the right one
+        recorded.pop("text_encoder", None)  # trained (--train_text_encoder, --train_token_embeddings): its own export is the right one
     current = fingerprints_of(networks, [n for n in recorded if n == "text_encoder"])
     current.update(load_fingerprints(model, [n for n in recorded if n != "text_encoder"], weights_dir))
     check_same_encoders(recorded, current, data_dir=f"the records of --run_dir {FLAGS.run_dir}",

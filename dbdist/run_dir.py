@@ -36,7 +36,7 @@ def trained_model_config(run, resolution=0):
 
 def exported_files(run_dir):
     """{network: file} of the run's export/: "unet" (absent if training did not export one) and
-    "text_encoder" when it was trained (--train_text_encoder)."""
+    "text_encoder" when it was trained (--train_text_encoder or --train_token_embeddings)."""
     files = {}
     for network in ("unet", "text_encoder"):
         path = os.path.join(run_dir, "export", f"{network}.h5")

@@ -66,6 +66,12 @@ flags.DEFINE_float("noise_offset", 0.0, "Offset noise: add this x N(0, 1) per ex
 flags.DEFINE_float("snr_gamma", None, "min-SNR-gamma weighting of the instance loss, as diffusers' --snr_gamma (5.0 recommended; unset: plain MSE).")
 flags.DEFINE_bool("train_text_encoder", False, "Fine-tune the text encoder too (exports export/text_encoder.h5).")
 flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of the text encoder.")
+flags.DEFINE_list(
+    "train_token_embeddings", [], "Pivotal tuning: train only these words' rows of the text encoder's token embedding "
+    "(for example the identifier, sks), at --text_encoder_learning_rate and without weight decay, beside the UNet; the "
+    "rest of the text encoder stays frozen, so the class prompt and every other word keep their meaning. Pivotal "
+    "tuning, as --train_text_encoder_ti of diffusers' advanced DreamBooth scripts, except that those insert new tokens: "
+    "here the word's own rows train, so the exported text encoder and tokenizer stay CLIP's. Exports export/text_encoder.h5.")
 flags.DEFINE_enum("export_dtype", "fp16", sorted(EXPORT_DTYPES), "dtype of export/model.safetensors (the single file).")
 flags.DEFINE_integer(
     "lora_rank", None, "LoRA DreamBooth: train rank-R adapters on the UNet's attention projections (q, k, v, out) "
@@ -94,6 +100,31 @@ flags.DEFINE_integer("process_id", -1, "JAX engine, with --coordinator_address: 
 flags.DEFINE_bool(
     "center_crop", True, "Crop the centre of each stored image; --nocenter_crop takes a random square instead "
     "(pixel records only: cached latents are of the centre crop).")
+
+
+def _token_ids(words, manifest):
+    """The token ids of --train_token_embeddings' words, in order, without repeats."""
+    if not words:
+        return ()
+    from dbdist.formats.tokenizer_files import command_tokenizer
+
+    tokenizer = command_tokenizer(FLAGS.vocab_path, FLAGS.weights)
+    ids = []
+    for word in words:
+        pieces = tokenizer.encode(word)[1:-1]  # without the start and end tokens
+        if not pieces:
+            raise errors.UserError(f"--train_token_embeddings: {word!r} makes no tokens; expected words such as sks")
+        ids += [i for i in pieces if i not in ids]
+        # A word no instance prompt holds would train nothing (images may carry captions, so only warn).
+        if not any(_holds(tokenizer.encode(c.instance_prompt), pieces) for c in manifest.concepts):
+            logging.warning("--train_token_embeddings: %r is in no instance prompt of %s (%s); only captions "
+                            "that hold it train it", word, FLAGS.data_dir,
+                            "; ".join(repr(c.instance_prompt) for c in manifest.concepts))
+    return tuple(ids)
+
+
+def _holds(sequence, pieces):
+    return any(sequence[i:i + len(pieces)] == pieces for i in range(len(sequence) - len(pieces) + 1))
 
 
 def _run_config(model, manifest, engine):
@@ -125,6 +156,9 @@ def _run_config(model, manifest, engine):
             steps_per_loop=FLAGS.steps_per_loop,
             grad_accum_steps=FLAGS.grad_accum_steps,
             train_text_encoder=FLAGS.train_text_encoder,
+            train_token_embeddings=tuple(FLAGS.train_token_embeddings),
+            # Resolved here with the run's tokenizer, so config.json records the rows trained.
+            trained_token_ids=_token_ids(FLAGS.train_token_embeddings, manifest),
             export_dtype=FLAGS.export_dtype,
             checkpoint_every=FLAGS.checkpoint_every,
             keep_checkpoints=FLAGS.keep_checkpoints,

@@ -18,7 +18,8 @@ from dbdist.jax_engine import input as jax_input
 from dbdist.jax_engine import mesh as jax_mesh
 from dbdist.jax_engine import step as jax_step
 from dbdist.jax_engine.checkpoints import Checkpoints
-from dbdist.jax_engine.optimizer import build_optimizer
+from dbdist.jax_engine.optimizer import TEXT_ENCODER, build_optimizer
+from dbdist.models.text_encoder import token_row_mask, train_only_token_embedding
 
 
 class JaxEngine:
@@ -54,7 +55,12 @@ class JaxEngine:
             unet=models.unet, vae_encoder=models.vae_encoder,
             text_encoder=models.text_encoder if train.trains_text_encoder else None,
         )
-        self.optimizer = build_optimizer(config.optim, self.networks.groups(), total_steps=train.max_train_steps)
+        if train.train_token_embeddings:
+            table = train_only_token_embedding(models.text_encoder)
+            self.networks.token_rows = (table, token_row_mask(table.shape[0], train.trained_token_ids))
+        # Pivotal tuning: the token table takes no weight decay, so its frozen rows do not move.
+        self.optimizer = build_optimizer(config.optim, self.networks.groups(), total_steps=train.max_train_steps,
+                                         no_weight_decay=(TEXT_ENCODER,) if train.train_token_embeddings else ())
         self.state = jax_step.init_state(self.networks, self.optimizer, self.mesh)
         self.frozen = jax_step.frozen_weights(self.networks, self.mesh)
         self.checkpoints = Checkpoints(train.output_dir, train.keep_checkpoints)

@@ -90,13 +90,17 @@ class Optimizer:
         }
 
 
-def build_optimizer(optim_config, groups=(UNET,), total_steps=1):
-    """AdamW with the DreamBooth recipe's settings for each trained group, clipped together."""
+def build_optimizer(optim_config, groups=(UNET,), total_steps=1, no_weight_decay=()):
+    """AdamW with the DreamBooth recipe's settings for each trained group, clipped together.
+
+    Groups in `no_weight_decay` take no decay (the token table of --train_token_embeddings,
+    as the TF engine excludes it).
+    """
     bases = {UNET: optim_config.learning_rate, TEXT_ENCODER: optim_config.text_encoder_learning_rate}
     schedules = {g: learning_rate_schedule(optim_config, bases[g], total_steps) for g in groups}
     per_group = {
         g: tf_style_adamw(schedules[g], optim_config.beta_1, optim_config.beta_2, optim_config.epsilon,
-                          optim_config.weight_decay)
+                          0.0 if g in no_weight_decay else optim_config.weight_decay)
         for g in groups
     }
     labels = lambda params: {group: jax.tree.map(lambda _: group, leaves) for group, leaves in params.items()}

@@ -72,6 +72,8 @@ class Networks:
     unet: keras.Model
     vae_encoder: keras.Model = None  # frozen; None with cached latents
     text_encoder: keras.Model = None  # set when the text encoder is trained too
+    # --train_token_embeddings: (the text encoder's token table variable, (vocab, 1) mask of the rows that train)
+    token_rows: tuple = None
 
     def trained(self):
         """{group: model} of the networks the optimizer updates."""
@@ -152,6 +154,14 @@ def _loss_function(networks: Networks, schedule, settings: LossSettings):
     return loss
 
 
+def _mask_token_rows(networks: Networks, gradients):
+    table, mask = networks.token_rows
+    index = [v is table for v in networks.text_encoder.trainable_variables].index(True)
+    grads = list(gradients[TEXT_ENCODER])
+    grads[index] = grads[index] * mask
+    return {**gradients, TEXT_ENCODER: grads}
+
+
 def make_train_step(networks: Networks, optimizer: Optimizer, schedule, settings: LossSettings, mesh):
     """The jitted step(state, frozen, batch) -> (state, metrics); see the module docstring.
 
@@ -177,6 +187,8 @@ def make_train_step(networks: Networks, optimizer: Optimizer, schedule, settings
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             no_loss = {name: jnp.zeros([], jnp.float32) for name in ("loss", "instance_loss", "prior_loss")}
             (gradients, sums, model_state), _ = jax.lax.scan(micro_step, (zeros, no_loss, state.model_state), batch)
+        if networks.token_rows is not None:  # only the chosen words' rows train (as the TF engine)
+            gradients = _mask_token_rows(networks, gradients)
         learning_rates = optimizer.learning_rates(state.step)
         updates, opt_state = optimizer.transform.update(gradients, state.opt_state, state.params)
         metrics = {

@@ -115,3 +115,29 @@ def build_text_encoder(config: TextEncoderConfig, name="text_encoder"):
         x = EncoderLayer(config.width, config.num_heads, config.activation)(x)
     embeddings = keras.layers.LayerNormalization(epsilon=1e-5)(x)
     return keras.Model(tokens, embeddings, name=name)
+
+
+def train_only_token_embedding(text_encoder):
+    """Freezes all of `text_encoder` but its token embedding table, and returns that variable.
+
+    With `token_row_mask` on its gradient, only chosen rows then train (pivotal tuning): the
+    transformer, the position embedding and every other word stay as they were.
+    """
+    tables = [layer.token_embedding for layer in text_encoder.layers if isinstance(layer, TokenAndPositionEmbedding)]
+    if len(tables) != 1:
+        raise ValueError(f"{text_encoder.name} has {len(tables)} token embeddings; expected one")
+    for layer in text_encoder.layers:
+        layer.trainable = False
+    tables[0].trainable = True
+    return tables[0].embeddings
+
+
+def token_row_mask(vocab_size, token_ids):
+    """(vocab_size, 1) float32: 1 on the rows of `token_ids`, 0 elsewhere; multiplies the table's gradient.
+
+    A row whose gradient is always 0 gets no Adam update (its moments stay 0); with weight decay
+    off for the table (the engines' optimizers do that), it does not move at all.
+    """
+    rows = ops.arange(vocab_size)[:, None]
+    hits = ops.any(ops.equal(rows, ops.convert_to_tensor([list(token_ids)], "int32")), axis=1, keepdims=True)
+    return ops.cast(hits, "float32")

@@ -30,6 +30,8 @@ _MUST_MATCH = (
     ("train", "lora_rank"),
     ("train", "lora_alpha"),
     ("train", "lora_text_encoder"),
+    ("train", "train_token_embeddings"),
+    ("train", "trained_token_ids"),
     ("runtime", "mixed_precision"),
 )
 # Settings added since runs were first recorded: a config.json without one ran with this value.
@@ -40,6 +42,8 @@ _ABSENT_MEANS = {
     ("train", "lora_rank"): None,
     ("train", "lora_alpha"): None,
     ("train", "lora_text_encoder"): False,
+    ("train", "train_token_embeddings"): [],  # as JSON holds the tuple
+    ("train", "trained_token_ids"): [],
 }
 
 

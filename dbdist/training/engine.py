@@ -8,6 +8,7 @@ tf.function loop, the optimizers and tf.train checkpoints all TensorFlow's.
 import tensorflow as tf
 
 from dbdist.diffusion import NoiseSchedule
+from dbdist.models.text_encoder import token_row_mask, train_only_token_embedding
 from dbdist.training import input as train_input
 from dbdist.training import lost_worker
 from dbdist.training.checkpointing import Checkpoints
@@ -55,6 +56,10 @@ class TfEngine:
                 state.text_optimizer = build_optimizer(
                     config.optim, learning_rate=config.optim.text_encoder_learning_rate, total_steps=total_steps
                 )
+            if train.train_token_embeddings:
+                table = train_only_token_embedding(models.text_encoder)
+                state.token_rows = (table, token_row_mask(table.shape[0], train.trained_token_ids))
+                state.text_optimizer.exclude_from_weight_decay(var_list=[table])
             for variables, optimizer in state.variable_groups():
                 optimizer.build(variables)
         self.state = state

@@ -28,6 +28,8 @@ class TrainState:
     loss_scale: object = None  # DynamicLossScale under fp16, else None
     text_encoder: object = None  # set when the text encoder is trained too
     text_optimizer: object = None
+    # --train_token_embeddings: (the text encoder's token table, (vocab, 1) mask of the rows that train)
+    token_rows: tuple = None
 
     def variable_groups(self):
         """[(variables, optimizer), ...] of everything trained."""
@@ -55,6 +57,9 @@ def micro_batch_gradients(state: TrainState, batch, settings: LossSettings = Non
     # occurrence: `+` cannot sum them, and the global norm of repeated rows (padding
     # repeats one token) is not the norm of their sum. Dense, as PyTorch's embedding gradient.
     gradients = [tf.convert_to_tensor(g) for g in tape.gradient(scaled, variables)]
+    if state.token_rows is not None:  # only the chosen words' rows train: the others' gradients are 0
+        table, mask = state.token_rows
+        gradients = [g * mask if v is table else g for g, v in zip(gradients, variables)]
     return gradients, {"loss": loss, **terms}
 
 
