@@ -55,6 +55,21 @@ def records_dir(tmp_path_factory, sample_images, vocab_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """The tiny preset's networks as the TF engine draws them (the records' encoders), saved as .h5
+    so that the JAX engine, whose own random draw differs, loads the same ones."""
+    from dbdist.config import model_config
+    from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
+    from dbdist.weights.pretrained import load_networks
+
+    folder = tmp_path_factory.mktemp("tiny_weights")
+    models = load_networks(model_config("tiny"), ("unet", "vae_encoder", "vae_decoder", "text_encoder"))
+    for name in ("unet", "vae_encoder", "vae_decoder", "text_encoder"):
+        save_keras_cv_h5(getattr(models, name), folder / f"{name}.h5")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def gcs_emulator():
     """A started local GCS (tests/gcs_emulator.py) for commands run with gcs_emulator.run(argv).
 

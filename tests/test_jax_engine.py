@@ -43,19 +43,6 @@ ENGINE_TOLERANCE = 5e-6
 METRICS_RTOL = 1e-5
 
 
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    """The tiny preset's networks as the TF engine draws them, saved as .h5 for both engines to load."""
-    from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
-    from dbdist.weights.pretrained import load_networks
-
-    folder = tmp_path_factory.mktemp("tiny_weights")
-    models = load_networks(model_config("tiny"), ("unet", "vae_encoder", "vae_decoder", "text_encoder"))
-    for name in ("unet", "vae_encoder", "vae_decoder", "text_encoder"):
-        save_keras_cv_h5(getattr(models, name), folder / f"{name}.h5")
-    return folder
-
-
 def _start(log_path, engine="jax", **flags):
     return start_train(log_path, extra_env=JAX_ENV, engine=engine, **flags)
 

@@ -21,20 +21,6 @@ def _token_table_index(arrays):
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """The tiny preset's networks as the TF engine draws them (the records' encoders), as .h5 for both engines."""
-    from dbdist.config import model_config
-    from dbdist.weights.keras_cv_h5 import save_keras_cv_h5
-    from dbdist.weights.pretrained import load_networks
-
-    folder = tmp_path_factory.mktemp("tiny_weights")
-    models = load_networks(model_config("tiny"), ("unet", "vae_encoder", "vae_decoder", "text_encoder"))
-    for name in ("unet", "vae_encoder", "vae_decoder", "text_encoder"):
-        save_keras_cv_h5(getattr(models, name), folder / f"{name}.h5")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def tf_run(records_dir, vocab_path, tiny_weights, tmp_path_factory):
     out = tmp_path_factory.mktemp("token_tf")
     run_command("train", data_dir=records_dir, output_dir=out, vocab_path=vocab_path, weights=tiny_weights, **FLAGS)
