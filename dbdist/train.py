@@ -69,8 +69,8 @@ flags.DEFINE_float("text_encoder_learning_rate", 5e-6, "AdamW learning rate of t
 flags.DEFINE_list(
     "train_token_embeddings", [], "Pivotal tuning: train only these words' rows of the text encoder's token embedding "
     "(for example the identifier, sks), at --text_encoder_learning_rate and without weight decay, beside the UNet; the "
-    "rest of the text encoder stays frozen, so the class prompt and every other word keep their meaning. Pivotal "
-    "tuning, as --train_text_encoder_ti of diffusers' advanced DreamBooth scripts, except that those insert new tokens: "
+    "rest of the text encoder stays frozen, so the class prompt and every other word keep their meaning. As "
+    "--train_text_encoder_ti of diffusers' advanced DreamBooth scripts, except that those insert new tokens: "
     "here the word's own rows train, so the exported text encoder and tokenizer stay CLIP's. Exports export/text_encoder.h5.")
 flags.DEFINE_enum("export_dtype", "fp16", sorted(EXPORT_DTYPES), "dtype of export/model.safetensors (the single file).")
 flags.DEFINE_integer(
